@@ -1,0 +1,52 @@
+// The vmlab command line.
+
+import { fileURLToPath } from "node:url";
+import { Command, CommanderError } from "commander";
+import { benchCore, formatBenchCore } from "../bench/core.ts";
+import { loadScenario, ScenarioError } from "../scenario/load.ts";
+import { formatRun, runScenario } from "../scenario/run.ts";
+
+/** The scenario `vmlab run` and `npm start` use when no file is given. */
+export const DEFAULT_SCENARIO = fileURLToPath(new URL("../../examples/default.yaml", import.meta.url));
+
+const program = new Command()
+  .name("vmlab")
+  .description("An executable, deterministic model of Linux memory management")
+  .exitOverride()
+  .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+
+program
+  .command("run")
+  .description("run a scenario and print its operation log and final report")
+  .argument("[file]", "scenario YAML file", DEFAULT_SCENARIO)
+  .option("--json", "print the result as JSON")
+  .action((file: string, opts: { json?: boolean }) => {
+    const result = runScenario(loadScenario(file));
+    process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatRun(result)}\n`);
+    if (result.expectations.failed > 0) process.exitCode = 1;
+  });
+
+const bench = program.command("bench").description("benchmarks (never run by the tests)");
+bench
+  .command("core")
+  .description("fault cost, host memory per populated GiB, populate and exit times, largest run")
+  .option("--json", "print the figures as JSON")
+  .option("--max-gib <n>", "largest populated size to try, in GiB", "64")
+  .action((opts: { json?: boolean; maxGib: string }) => {
+    const r = benchCore({ maxGiB: Number(opts.maxGib), progress: (s) => process.stderr.write(`${s}\n`) });
+    process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatBenchCore(r)}\n`);
+  });
+
+try {
+  program.parse();
+} catch (e) {
+  if (e instanceof ScenarioError) {
+    process.stderr.write(`${e.format()}\n`);
+    process.exitCode = 2;
+  } else if (e instanceof CommanderError) {
+    // commander printed its message already; --help and --version exit 0.
+    process.exitCode = e.exitCode === 0 ? 0 : 2;
+  } else {
+    throw e;
+  }
+}

@@ -1,0 +1,176 @@
+// The kernel as a user program sees it: processes, their syscalls, and their memory accesses.
+// This is vmlab's public model API; scenarios, tests and benchmarks drive it.
+
+import { PG_reserved } from "../phys/memmap.ts";
+import { ENOMEM, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
+import { VM_FAULT_OOM } from "./huge-memory.ts";
+import { defaultThpConfig, Machine, type ThpConfig } from "./machine.ts";
+import { sysMadvise } from "./madvise.ts";
+import { FAULT_FLAG_WRITE, freePgtables, handleMmFault, unmapPageRange } from "./memory.ts";
+import { Mm } from "./mm.ts";
+import { doMmap, sysMunmap } from "./mmap.ts";
+import { mmuTranslate } from "./mmu.ts";
+import { sysMprotect } from "./mprotect.ts";
+import { VM_ACCESS_FLAGS, VM_WRITE } from "./vma.ts";
+import { releaseVma } from "./vma-ops.ts";
+
+/** mmap_base without randomisation: TASK_SIZE minus the 128 MiB minimum stack gap. */
+export const MMAP_BASE = 0x7ffff7fff000;
+
+export interface KernelConfig {
+  /** Simulated RAM in bytes (default 4 GiB). */
+  ramBytes?: number;
+  thp?: Partial<ThpConfig>;
+}
+
+/**
+ * The outcome of a user access to [addr, addr + len): how many pages it completed, the
+ * content tags it read or wrote (one per page), and what stopped it, if anything: SIGSEGV for
+ * an access outside any VMA or against its protection, VM_FAULT_OOM when memory ran out.
+ */
+export interface AccessResult {
+  pages: number;
+  tags: number[];
+  signal: "SIGSEGV" | null;
+  oom: boolean;
+}
+
+export interface VmaInfo {
+  start: number;
+  end: number;
+  prot: number;
+  flags: number;
+}
+
+export class Kernel {
+  readonly machine: Machine;
+  private readonly tasks = new Map<number, Mm>();
+  private nextPid = 1;
+
+  /** Boots a machine. RAM defaults to 4 GiB and THP to Linux 6.18's defaults. */
+  constructor(config: KernelConfig = {}) {
+    const thp = { ...defaultThpConfig(), ...config.thp };
+    this.machine = new Machine({ ramBytes: config.ramBytes ?? 4 * 2 ** 30, thp });
+  }
+
+  /** Creates a process with an empty address space (mm_alloc). Returns its pid, or -ENOMEM. */
+  createProcess(): number {
+    const pgd = this.machine.allocTable("pgd");
+    if (pgd === null) return -ENOMEM;
+    const pid = this.nextPid++;
+    this.tasks.set(pid, new Mm(this.machine, pid, pgd, MMAP_BASE));
+    return pid;
+  }
+
+  /** The pids of live processes, ascending. */
+  pids(): number[] {
+    return [...this.tasks.keys()];
+  }
+
+  /** The mm of a live process. Throws for an unknown pid (a bug in the caller). */
+  mm(pid: number): Mm {
+    const mm = this.tasks.get(pid);
+    if (mm === undefined) throw new Error(`Kernel.mm: no process ${pid}`);
+    return mm;
+  }
+
+  /**
+   * exit_mmap + mmdrop: zaps every VMA, frees all page tables and the pgd, releases the VMAs.
+   * Afterwards the process's memory is back in the allocator.
+   */
+  exit(pid: number): void {
+    const mm = this.mm(pid);
+    for (const vma of mm.vmas) unmapPageRange(mm, vma, vma.start, vma.end);
+    freePgtables(
+      mm,
+      mm.vmas.map((v) => [v.start, v.end]),
+      0,
+      0,
+    );
+    for (const vma of [...mm.vmas]) {
+      mm.removeVma(vma);
+      releaseVma(mm, vma);
+    }
+    if (mm.pgtablesBytes !== 0)
+      throw new Error(`exit: pid ${pid} left ${mm.pgtablesBytes} bytes of page tables`);
+    this.machine.freeTable(mm.pgd);
+    this.tasks.delete(pid);
+  }
+
+  /** mmap(2) for anonymous memory. Returns the address or -errno. */
+  mmap(pid: number, addr: number, len: number, prot: number, flags: number): number {
+    return doMmap(this.mm(pid), addr, len, prot, flags);
+  }
+  /** munmap(2). Returns 0 or -errno. */
+  munmap(pid: number, addr: number, len: number): number {
+    return sysMunmap(this.mm(pid), addr, len);
+  }
+  /** mprotect(2). Returns 0 or -errno. */
+  mprotect(pid: number, addr: number, len: number, prot: number): number {
+    return sysMprotect(this.mm(pid), addr, len, prot);
+  }
+  /** madvise(2) with MADV_NORMAL, MADV_HUGEPAGE or MADV_NOHUGEPAGE. Returns 0 or -errno. */
+  madvise(pid: number, addr: number, len: number, advice: number): number {
+    return sysMadvise(this.mm(pid), addr, len, advice);
+  }
+
+  /** The process reads [addr, addr + len), page by page. */
+  read(pid: number, addr: number, len: number): AccessResult {
+    return this.access(pid, addr, len, false);
+  }
+  /** The process writes [addr, addr + len): every page touched gets a fresh content tag. */
+  write(pid: number, addr: number, len: number): AccessResult {
+    return this.access(pid, addr, len, true);
+  }
+
+  /**
+   * A user access, as the CPU runs it: each page is translated by the MMU; a miss goes to the
+   * arch fault handler, which raises SIGSEGV outside a VMA or against its rights (x86's
+   * access_error: a write needs VM_WRITE, a read any of VM_READ, VM_WRITE, VM_EXEC) and else
+   * calls handleMmFault and retries.
+   */
+  private access(pid: number, addr: number, len: number, write: boolean): AccessResult {
+    const mm = this.mm(pid);
+    const m = this.machine;
+    const res: AccessResult = { pages: 0, tags: [], signal: null, oom: false };
+    if (len <= 0) return res;
+    const first = Math.floor(addr / PAGE_SIZE) * PAGE_SIZE;
+    const end = Math.ceil((addr + len) / PAGE_SIZE) * PAGE_SIZE;
+    for (let a = first; a < end; a += PAGE_SIZE) {
+      let pfn = mmuTranslate(mm, a, write, true);
+      if (pfn < 0) {
+        const vma = mm.vmaLookup(a);
+        if (vma === undefined || (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_ACCESS_FLAGS))) {
+          res.signal = "SIGSEGV";
+          return res;
+        }
+        if (handleMmFault(mm, vma, a, write ? FAULT_FLAG_WRITE : 0) & VM_FAULT_OOM) {
+          res.oom = true;
+          return res;
+        }
+        pfn = mmuTranslate(mm, a, write, true);
+        if (pfn < 0) throw new Error(`access: fault at ${a.toString(16)} did not map the page`);
+      }
+      if (write) {
+        if (m.memmap.test(pfn, PG_reserved)) throw new Error(`access: write to reserved pfn ${pfn}`);
+        const tag = m.newTag();
+        m.memmap.setTag(pfn, tag);
+        res.tags.push(tag);
+      } else {
+        res.tags.push(m.memmap.tag(pfn));
+      }
+      res.pages++;
+    }
+    return res;
+  }
+
+  /** The VMAs of a process, in address order. */
+  vmas(pid: number): VmaInfo[] {
+    return this.mm(pid).vmas.map((v) => ({
+      start: v.start,
+      end: v.end,
+      prot: v.flags & (PROT_READ | PROT_WRITE | PROT_EXEC),
+      flags: v.flags,
+    }));
+  }
+}

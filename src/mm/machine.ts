@@ -1,0 +1,111 @@
+// The simulated machine: physical memory, the global MM state (zero pages, deferred split
+// queue, shmem objects), the THP policy and the event counters. One Machine per run.
+
+import { BuddyAllocator } from "../phys/buddy.ts";
+import { type MemMap, PG_partially_mapped, PG_reserved, PG_table, SECTION_SHIFT } from "../phys/memmap.ts";
+import { HPAGE_PMD_ORDER, PageTable } from "./pgtable.ts";
+import type { ShmemObject } from "./shmem.ts";
+import { EV, VmStat } from "./vmstat.ts";
+
+export type ThpGlobal = "always" | "madvise" | "never";
+export type ThpPolicy = "always" | "inherit" | "madvise" | "never";
+
+/** /sys/kernel/mm/transparent_hugepage: the global setting and the per-size anon policies. */
+export interface ThpConfig {
+  enabled: ThpGlobal;
+  /** Per anon order 2..9 (hugepages-16kB .. hugepages-2048kB). Missing orders are "never". */
+  orders: Partial<Record<number, ThpPolicy>>;
+  /** use_zero_page: read faults in a THP-eligible PMD range map the huge zero page. */
+  useZeroPage: boolean;
+}
+
+export interface MachineConfig {
+  ramBytes: number;
+  thp: ThpConfig;
+}
+
+/** Linux 6.18 defaults on our machines: global madvise, 2048kB inherit, other sizes never. */
+export function defaultThpConfig(): ThpConfig {
+  return { enabled: "madvise", orders: { [HPAGE_PMD_ORDER]: "inherit" }, useZeroPage: true };
+}
+
+export class Machine {
+  readonly config: MachineConfig;
+  readonly buddy: BuddyAllocator;
+  readonly memmap: MemMap;
+  readonly stat = new VmStat();
+  /** The shared zero page (ZERO_PAGE(0)): reserved, outside the buddy allocator. */
+  readonly zeroPfn: number;
+  /** The huge zero folio (order 9), also reserved. */
+  readonly hugeZeroPfn: number;
+  /** Large folios on the deferred split queue (head pfns, in queueing order). */
+  readonly deferredSplit = new Set<number>();
+  readonly shmemObjects = new Map<number, ShmemObject>();
+  private nextTag = 1;
+  private nextId = 1;
+
+  constructor(config: MachineConfig) {
+    this.config = config;
+    const nrPages = Math.floor(config.ramBytes / 4096);
+    this.buddy = new BuddyAllocator(nrPages);
+    this.memmap = this.buddy.memmap;
+    // Differs from Linux: the huge zero folio is allocated at boot and never freed, outside RAM.
+    const reserved = Math.ceil(nrPages / 2 ** SECTION_SHIFT) * 2 ** SECTION_SHIFT;
+    this.zeroPfn = reserved;
+    this.hugeZeroPfn = reserved + 512;
+    this.memmap.online(reserved);
+    this.memmap.prepFolio(this.zeroPfn, 0, PG_reserved);
+    this.memmap.prepFolio(this.hugeZeroPfn, HPAGE_PMD_ORDER, PG_reserved);
+  }
+
+  /** A fresh content tag (never 0, which means zeroed memory). */
+  newTag(): number {
+    const t = this.nextTag++;
+    if (this.nextTag > 0xffffffff) throw new Error("newTag: 2^32 content tags used");
+    return t;
+  }
+
+  /** A fresh id for anon_vmas and shmem objects. */
+  newId(): number {
+    return this.nextId++;
+  }
+
+  isZeroPfn(pfn: number): boolean {
+    return pfn === this.zeroPfn;
+  }
+
+  /**
+   * folio_put: drops one reference; the last one frees the folio to the buddy allocator,
+   * taking it off the deferred split queue first.
+   */
+  folioPut(head: number, refs = 1): void {
+    const mm = this.memmap;
+    const left = mm.addRef(head, -refs);
+    this.stat.inc(EV.ref_update);
+    if (left > 0) return;
+    if (left < 0) throw new Error(`folioPut: pfn ${head} refcount went negative`);
+    const order = mm.order(head);
+    if (mm.test(head, PG_partially_mapped)) this.deferredSplit.delete(head);
+    mm.clearFolio(head, order);
+    this.buddy.free(head, order);
+    this.stat.inc(EV.folio_free);
+  }
+
+  /** pte_alloc_one / pmd_alloc_one: a zeroed page-table page, or null when memory is out. */
+  allocTable(level: PageTable["level"]): PageTable | null {
+    const pfn = this.buddy.alloc(0);
+    if (pfn < 0) return null;
+    this.memmap.prepFolio(pfn, 0, PG_table);
+    this.memmap.setTag(pfn, 0);
+    this.stat.inc(EV.pgtable_alloc);
+    return new PageTable(pfn, level);
+  }
+
+  /** Frees a page-table page. Precondition: it has no entries left. */
+  freeTable(t: PageTable): void {
+    if (t.used !== 0)
+      throw new Error(`freeTable: ${t.level} table at pfn ${t.pfn} still has ${t.used} entries`);
+    this.stat.inc(EV.pgtable_free);
+    this.folioPut(t.pfn);
+  }
+}

@@ -1,0 +1,362 @@
+// Page faults and unmapping (mm/memory.c): handleMmFault and its anonymous, shared and
+// write-protect paths; zapping a range; freeing page tables behind unmapped VMAs.
+//
+// Lock order (for when concurrency arrives): mmap_lock > vma lock > page-table lock (PTL).
+// Differs from Linux: faults run to completion one at a time, so no lock is taken yet.
+
+import { PG_anon, PG_anon_exclusive, PG_lru, PG_swapbacked } from "../phys/memmap.ts";
+import { PMD_SIZE } from "../uapi.ts";
+import {
+  doHugePmdAnonymousPage,
+  doHugePmdWpPage,
+  splitHugePmd,
+  THP_ORDERS_ALL_ANON,
+  thpVmaAllowableOrders,
+  thpVmaSuitableOrder,
+  VM_FAULT_FALLBACK,
+  VM_FAULT_OOM,
+  zapHugePmd,
+} from "./huge-memory.ts";
+import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
+import { freePgdRange, isPmdLeaf, pmdAlloc, pmdOffset, pteAlloc, pudAlloc } from "./pgalloc.ts";
+import {
+  _PAGE_ACCESSED,
+  _PAGE_DIRTY,
+  _PAGE_PRESENT,
+  _PAGE_RW,
+  _PAGE_SPECIAL,
+  HPAGE_PMD_ORDER,
+  mkHi,
+  mkLo,
+  type PageTable,
+  pmdAddrEnd,
+  pmdIndex,
+  pteIndex,
+  pteMapped,
+} from "./pgtable.ts";
+import { anonVmaPrepare, folioAddNewAnonRmap, folioAddRmapPtes, folioRemoveRmapPtes } from "./rmap.ts";
+import { shmemGetFolio } from "./shmem.ts";
+import { VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
+import { EV } from "./vmstat.ts";
+
+export const FAULT_FLAG_WRITE = 0x01;
+
+/** fault_around_bytes default: read faults on file/shmem mappings map up to 64 KiB around. */
+const FAULT_AROUND_PAGES = 16;
+
+/**
+ * handle_mm_fault: resolves a fault at addr in vma, which the caller has found and checked for
+ * access rights (the arch fault handler's access_error). Allocates page tables on the way.
+ * Returns 0 or VM_FAULT_OOM (nothing left half done).
+ */
+export function handleMmFault(mm: Mm, vma: Vma, addr: number, flags: number): number {
+  const m = mm.machine;
+  m.stat.inc(EV.pgfault);
+  const write = (flags & FAULT_FLAG_WRITE) !== 0;
+  const pud = pudAlloc(mm, addr);
+  if (pud === null) return VM_FAULT_OOM;
+  const pmd = pmdAlloc(mm, pud, addr);
+  if (pmd === null) return VM_FAULT_OOM;
+  const i = pmdIndex(addr);
+  if (pmd.none(i) && thpVmaAllowableOrders(mm, vma, 1 << HPAGE_PMD_ORDER) !== 0) {
+    const ret = doHugePmdAnonymousPage(mm, vma, pmd, i, addr, write);
+    if (!(ret & VM_FAULT_FALLBACK)) return ret;
+  } else if (isPmdLeaf(pmd, i)) {
+    if (write && !(pmd.lo(i) & _PAGE_RW)) {
+      const ret = doHugePmdWpPage(mm, vma, pmd, i, addr);
+      if (!(ret & VM_FAULT_FALLBACK)) return ret;
+    } else {
+      pmd.set(i, (pmd.lo(i) | _PAGE_ACCESSED) >>> 0, pmd.hi(i)); // huge_pmd_set_accessed
+      return 0;
+    }
+  }
+  return handlePteFault(mm, vma, pmd, i, addr, write);
+}
+
+/** handle_pte_fault: the PTE-level part of a fault, with the PTE table allocated if needed. */
+function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: number, write: boolean): number {
+  const pte = pteAlloc(mm, pmd, i);
+  if (pte === null) return VM_FAULT_OOM;
+  const j = pteIndex(addr);
+  const lo = pte.lo(j);
+  if (lo === 0 && pte.hi(j) === 0) {
+    if (vma.isAnonymous()) return doAnonymousPage(mm, vma, pte, addr, write);
+    return doShmemFault(mm, vma, pte, addr, write);
+  }
+  if (write && !(lo & _PAGE_RW)) return doWpPage(mm, vma, pte, j);
+  pte.set(j, (lo | _PAGE_ACCESSED | (write ? _PAGE_DIRTY : 0)) >>> 0, pte.hi(j));
+  return 0;
+}
+
+/** The PTE words mapping pfn in vma, writable and dirty when `writable`. */
+function mkPte(vma: Vma, pfn: number, writable: boolean): [number, number] {
+  const bits = vmPageProtLo(vma.flags) | (writable ? _PAGE_RW | _PAGE_DIRTY : 0);
+  return [mkLo(pfn, bits), mkHi(pfn, vmPageProtNx(vma.flags))];
+}
+
+/**
+ * do_anonymous_page: a fault on an empty PTE of a private anonymous VMA. A read maps the
+ * shared zero page. A write allocates a folio of the largest allowed order (alloc_anon_folio)
+ * and maps all of it, writable and dirty if VM_WRITE, exclusive to this mm.
+ */
+export function doAnonymousPage(mm: Mm, vma: Vma, pte: PageTable, addr: number, write: boolean): number {
+  const m = mm.machine;
+  if (!write) {
+    const lo = mkLo(m.zeroPfn, vmPageProtLo(vma.flags) | _PAGE_SPECIAL);
+    pte.set(pteIndex(addr), lo, mkHi(m.zeroPfn, vmPageProtNx(vma.flags)));
+    m.stat.inc(EV.pte_write);
+    return 0;
+  }
+  anonVmaPrepare(mm, vma);
+  const order = allocAnonFolio(mm, vma, pte, addr);
+  if (order < 0) return VM_FAULT_OOM;
+  const pfn = allocatedPfn;
+  const nr = 1 << order;
+  const start = Math.floor(addr / (4096 * nr)) * (4096 * nr);
+  m.memmap.addRef(pfn, nr - 1);
+  folioAddNewAnonRmap(m, pfn, order, false);
+  mm.rss[MM_ANONPAGES] += nr;
+  if (order > 0) m.stat.incOrder("anon_fault_alloc", order);
+  const writable = (vma.flags & VM_WRITE) !== 0;
+  const bits = vmPageProtLo(vma.flags) | (writable ? _PAGE_RW | _PAGE_DIRTY : 0);
+  const hi = mkHi(0, vmPageProtNx(vma.flags));
+  const j0 = pteIndex(start);
+  for (let k = 0; k < nr; k++)
+    pte.set(j0 + k, mkLo(pfn + k, bits), (hi | Math.floor((pfn + k) / 2 ** 20)) >>> 0);
+  m.stat.inc(EV.pte_write, nr);
+  return 0;
+}
+
+/** The pfn of the folio allocAnonFolio returned last (its return value is the order). */
+let allocatedPfn = -1;
+
+/**
+ * alloc_anon_folio: picks the highest order that the policy allows, that fits naturally
+ * aligned in the VMA and whose PTEs are all none, and allocates it, falling back to lower
+ * orders when the buddy allocator cannot supply one. Returns the order (pfn in allocatedPfn),
+ * or -1 when not even an order-0 page is free.
+ */
+function allocAnonFolio(mm: Mm, vma: Vma, pte: PageTable, addr: number): number {
+  const m = mm.machine;
+  let orders = thpVmaAllowableOrders(mm, vma, THP_ORDERS_ALL_ANON & ((1 << HPAGE_PMD_ORDER) - 1));
+  for (let order = HPAGE_PMD_ORDER - 1; order >= 2; order--) {
+    if (!(orders & (1 << order))) continue;
+    if (!thpVmaSuitableOrder(vma, addr, order) || !pteRangeNone(pte, addr, order)) orders &= ~(1 << order);
+  }
+  for (let order = HPAGE_PMD_ORDER - 1; order >= 0; order--) {
+    if (order > 0 && !(orders & (1 << order))) continue;
+    const pfn = m.buddy.alloc(order);
+    if (pfn >= 0) {
+      m.memmap.prepFolio(pfn, order, PG_swapbacked | PG_lru);
+      m.memmap.fillTag(pfn, 1 << order, 0); // folio_zero_user
+      m.stat.inc(EV.folio_alloc);
+      m.stat.inc(EV.page_zero, 1 << order);
+      allocatedPfn = pfn;
+      return order;
+    }
+    if (order > 0) m.stat.incOrder("anon_fault_fallback", order);
+  }
+  return -1;
+}
+
+/** pte_range_none: the 2^order PTEs of the aligned block around addr are all none. */
+function pteRangeNone(pte: PageTable, addr: number, order: number): boolean {
+  const nr = 1 << order;
+  const j0 = pteIndex(addr) & ~(nr - 1);
+  for (let k = 0; k < nr; k++) if (!pte.none(j0 + k)) return false;
+  return true;
+}
+
+/**
+ * do_wp_page: a write fault on a present read-only PTE in a VM_WRITE VMA. A shared mapping's
+ * page is made writable in place (wp_page_shared); an exclusive anon page is reused
+ * (wp_page_reuse); anything else, the zero page included, is copied (wp_page_copy).
+ */
+export function doWpPage(mm: Mm, vma: Vma, pte: PageTable, j: number): number {
+  const m = mm.machine;
+  const lo = pte.lo(j);
+  const pfn = pte.pfnAt(j);
+  if (vma.flags & VM_SHARED || (!(lo & _PAGE_SPECIAL) && m.memmap.test(pfn, PG_anon_exclusive))) {
+    pte.set(j, (lo | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED) >>> 0, pte.hi(j));
+    m.stat.inc(EV.pte_write);
+    return 0;
+  }
+  return wpPageCopy(mm, vma, pte, j);
+}
+
+/**
+ * wp_page_copy: maps a new exclusive order-0 anon page in place of the old one: zeroed when
+ * replacing the zero page, else a copy of the old page's content. Drops the old mapping.
+ */
+function wpPageCopy(mm: Mm, vma: Vma, pte: PageTable, j: number): number {
+  const m = mm.machine;
+  const oldPfn = pte.pfnAt(j);
+  const wasZero = (pte.lo(j) & _PAGE_SPECIAL) !== 0;
+  anonVmaPrepare(mm, vma);
+  const pfn = m.buddy.alloc(0);
+  if (pfn < 0) return VM_FAULT_OOM;
+  m.memmap.prepFolio(pfn, 0, PG_swapbacked | PG_lru);
+  m.stat.inc(EV.folio_alloc);
+  if (wasZero) {
+    m.memmap.setTag(pfn, 0);
+    m.stat.inc(EV.page_zero);
+  } else {
+    m.memmap.setTag(pfn, m.memmap.tag(oldPfn));
+    m.stat.inc(EV.page_copy);
+  }
+  folioAddNewAnonRmap(m, pfn, 0, false);
+  const [nlo, nhi] = mkPte(vma, pfn, true);
+  pte.set(j, nlo, nhi); // ptep_clear_flush + set_pte_at
+  m.stat.inc(EV.pte_write);
+  m.stat.inc(EV.tlb_flush);
+  if (wasZero) {
+    mm.rss[MM_ANONPAGES]++;
+  } else {
+    const head = m.memmap.folioHead(oldPfn);
+    folioRemoveRmapPtes(m, head, oldPfn, 1);
+    m.folioPut(head);
+  }
+  return 0;
+}
+
+/**
+ * do_read_fault / do_shared_fault on shmem: finds or allocates the page-cache folio and maps
+ * it. A read fault first maps the cached pages around addr (do_fault_around). The PTE is
+ * writable when the VMA is shared and writable (shmem needs no write notification), and dirty
+ * only on a write fault.
+ */
+function doShmemFault(mm: Mm, vma: Vma, pte: PageTable, addr: number, write: boolean): number {
+  const m = mm.machine;
+  // Non-null: only called for VMAs with a shmem object.
+  const obj = vma.shmem!;
+  if (!write) doFaultAround(mm, vma, pte, addr);
+  const j = pteIndex(addr);
+  if (!pte.none(j)) return 0;
+  const index = vma.pgoff + (addr - vma.start) / 4096;
+  const pfn = shmemGetFolio(m, obj, index);
+  if (pfn < 0) return VM_FAULT_OOM;
+  mapShmemPage(mm, vma, pte, j, pfn, write);
+  return 0;
+}
+
+function mapShmemPage(mm: Mm, vma: Vma, pte: PageTable, j: number, pfn: number, dirty: boolean): void {
+  const m = mm.machine;
+  const w = vma.flags & VM_SHARED && vma.flags & VM_WRITE ? _PAGE_RW : 0;
+  const bits = vmPageProtLo(vma.flags) | w | (dirty ? _PAGE_DIRTY : 0);
+  pte.set(j, mkLo(pfn, bits), mkHi(pfn, vmPageProtNx(vma.flags)));
+  m.memmap.addRef(pfn, 1);
+  folioAddRmapPtes(m, pfn, pfn, 1, false);
+  mm.rss[MM_SHMEMPAGES]++;
+  m.stat.inc(EV.pte_write);
+  m.stat.inc(EV.ref_update);
+}
+
+/**
+ * do_fault_around / filemap_map_pages: maps the pages already in the page cache inside the
+ * fault_around_bytes-aligned window around addr, clipped to the VMA and the PTE table, into
+ * empty PTEs. Mapped read-only clean, as filemap_map_pages does, unless the VMA is shared
+ * writable.
+ */
+function doFaultAround(mm: Mm, vma: Vma, pte: PageTable, addr: number): void {
+  // Non-null: only called for VMAs with a shmem object.
+  const obj = vma.shmem!;
+  const win = FAULT_AROUND_PAGES * 4096;
+  const pmdStart = Math.floor(addr / PMD_SIZE) * PMD_SIZE;
+  const from = Math.max(Math.floor(addr / win) * win, vma.start, pmdStart);
+  const to = Math.min(Math.floor(addr / win) * win + win, vma.end, pmdStart + PMD_SIZE);
+  for (let a = from; a < to; a += 4096) {
+    const j = pteIndex(a);
+    if (a === addr || !pte.none(j)) continue;
+    const pfn = obj.pages.get(vma.pgoff + (a - vma.start) / 4096);
+    if (pfn !== undefined) mapShmemPage(mm, vma, pte, j, pfn, false);
+  }
+}
+
+/**
+ * unmap_page_range: zaps every mapping in [start, end) of vma: PTEs, and huge PMDs (split
+ * first when the range covers only part of one). Page tables stay; see freePgtables.
+ */
+export function unmapPageRange(mm: Mm, vma: Vma, start: number, end: number): void {
+  const m = mm.machine;
+  let flushed = false;
+  for (let addr = start, next: number; addr < end; addr = next) {
+    next = pmdAddrEnd(addr, end);
+    const pmd = pmdOffset(mm, addr);
+    if (pmd === undefined) {
+      next = Math.min(end, (Math.floor(addr / 2 ** 30) + 1) * 2 ** 30);
+      continue;
+    }
+    const i = pmdIndex(addr);
+    if (pmd.none(i)) continue;
+    if (isPmdLeaf(pmd, i)) {
+      if (next - addr === PMD_SIZE) {
+        zapHugePmd(mm, pmd, i);
+        flushed = true;
+        continue;
+      }
+      splitHugePmd(mm, vma, pmd, i, Math.floor(addr / PMD_SIZE) * PMD_SIZE);
+    }
+    // Non-null: a present non-leaf PMD entry always has its table.
+    if (zapPteRange(mm, pmd.child(i)!, addr, next)) flushed = true;
+  }
+  if (flushed) m.stat.inc(EV.tlb_flush);
+}
+
+/**
+ * zap_pte_range: clears the PTEs of [addr, end) in one table. Runs of PTEs mapping consecutive
+ * pages of one folio are unmapped as a batch (zap_present_ptes), so a folio unmapped whole is
+ * never seen as partly mapped. Returns true when anything was unmapped.
+ */
+function zapPteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean {
+  const m = mm.machine;
+  const mmap = m.memmap;
+  let any = false;
+  const jEnd = pteIndex(addr) + (end - addr) / 4096;
+  for (let j = pteIndex(addr); j < jEnd; ) {
+    const lo = pte.lo(j);
+    if (lo === 0 && pte.hi(j) === 0) {
+      j++;
+      continue;
+    }
+    any = true;
+    if (!pteMapped(lo)) throw new Error(`zapPteRange: unknown non-present PTE ${lo}`);
+    if (lo & _PAGE_SPECIAL) {
+      pte.clear(j++);
+      m.stat.inc(EV.pte_write);
+      continue;
+    }
+    const pfn = pte.pfnAt(j);
+    const head = mmap.folioHead(pfn);
+    const last = head + (1 << mmap.order(head));
+    let nr = 1;
+    while (j + nr < jEnd && pfn + nr < last && pteMapped(pte.lo(j + nr)) && pte.pfnAt(j + nr) === pfn + nr)
+      nr++;
+    for (let k = 0; k < nr; k++) pte.clear(j + k);
+    m.stat.inc(EV.pte_write, nr);
+    folioRemoveRmapPtes(m, head, pfn, nr);
+    mm.rss[mmap.test(head, PG_anon) ? MM_ANONPAGES : MM_SHMEMPAGES] -= nr;
+    m.folioPut(head, nr);
+    j += nr;
+  }
+  return any;
+}
+
+/**
+ * free_pgtables: frees the page tables behind the unmapped ranges (sorted, non-overlapping),
+ * gathering ranges less than a PMD apart into one free_pgd_range call, between floor (the end
+ * of the VMA below, or 0) and ceiling (the start of the VMA above, or 0 for none).
+ */
+export function freePgtables(mm: Mm, ranges: [number, number][], floor: number, ceiling: number): void {
+  for (let k = 0; k < ranges.length; ) {
+    const start = ranges[k][0];
+    let end = ranges[k][1];
+    k++;
+    while (k < ranges.length && ranges[k][0] <= end + PMD_SIZE) end = ranges[k++][1];
+    freePgdRange(mm, start, end, floor, k < ranges.length ? ranges[k][0] : ceiling);
+  }
+}
+
+/** The present bit test the MMU applies before faulting: can this PTE serve the access? */
+export function pteAllows(lo: number, write: boolean): boolean {
+  return (lo & _PAGE_PRESENT) !== 0 && (!write || (lo & _PAGE_RW) !== 0);
+}

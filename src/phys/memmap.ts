@@ -1,0 +1,197 @@
+// The memory map: per-frame state kept as structure of arrays, the way struct page is kept
+// by the kernel but without an object per page.
+//
+// Frames are grouped in sections of 2^SECTION_SHIFT pages (as SPARSEMEM does). A section's
+// arrays exist only once the buddy allocator has handed out a block inside it, so host memory
+// grows with populated memory, not with configured RAM.
+//
+// Per frame (16 bytes):
+//   refcount  Int32   folio reference count, kept on the head page; 0 for tails and free pages
+//   mapcount  Int32   number of PTEs mapping this page (Linux keeps _mapcount = this - 1)
+//   flags     Uint32  PG_* bits below, and the folio order in bits 24..27 on every page of a folio
+//   tag       Uint32  content tag: 0 is zeroed memory, a write stores a fresh tag
+//
+// Like struct folio, the folio-wide counters of a large folio overlay fields of its tail pages,
+// which are otherwise unused (a tail's refcount is always 0):
+//   refcount[head + 1]  entire (PMD) mapcount
+//   refcount[head + 2]  large (total) mapcount: PTE mappings + PMD mappings
+// Like struct page's lru list_head, a free buddy block's head links its free list through the
+// mapcount (prev) and tag (next) fields; see buddy.ts.
+
+export const SECTION_SHIFT = 15;
+export const PAGES_PER_SECTION = 1 << SECTION_SHIFT;
+export const SECTION_MASK = PAGES_PER_SECTION - 1;
+
+export const PG_locked = 1 << 0;
+export const PG_dirty = 1 << 1;
+export const PG_lru = 1 << 2;
+export const PG_active = 1 << 3;
+export const PG_swapbacked = 1 << 4;
+/** folio->mapping has PAGE_MAPPING_ANON: the folio is anonymous. */
+export const PG_anon = 1 << 5;
+export const PG_head = 1 << 6;
+export const PG_tail = 1 << 7;
+/** PageAnonExclusive: this anon page is mapped by exactly one mm and may be reused on write. */
+export const PG_anon_exclusive = 1 << 8;
+/** page_type PGTY_buddy: head of a free block on a buddy free list. */
+export const PG_buddy = 1 << 9;
+/** page_type PGTY_table: a page-table page (struct ptdesc). */
+export const PG_table = 1 << 10;
+export const PG_reserved = 1 << 11;
+/** The large folio is partially mapped and sits on the deferred split queue. */
+export const PG_partially_mapped = 1 << 12;
+/** folio->mapping is a shmem inode: the folio is in a shmem page cache. */
+export const PG_shmem = 1 << 13;
+export const PG_referenced = 1 << 14;
+
+const ORDER_SHIFT = 24;
+const ORDER_MASK = 0xf << ORDER_SHIFT;
+
+export class Section {
+  readonly refcount = new Int32Array(PAGES_PER_SECTION);
+  readonly mapcount = new Int32Array(PAGES_PER_SECTION);
+  readonly flags = new Uint32Array(PAGES_PER_SECTION);
+  readonly tag = new Uint32Array(PAGES_PER_SECTION);
+}
+
+/** The per-frame arrays of the whole simulated machine. */
+export class MemMap {
+  private readonly sections: (Section | undefined)[] = [];
+
+  /** Makes the section holding pfn exist (zero-filled). Called by the allocator only. */
+  online(pfn: number): void {
+    const s = pfn >>> SECTION_SHIFT;
+    if (this.sections[s] === undefined) this.sections[s] = new Section();
+  }
+
+  /** Number of sections with host memory behind them. */
+  onlineSections(): number {
+    let n = 0;
+    for (const s of this.sections) if (s !== undefined) n++;
+    return n;
+  }
+
+  isOnline(pfn: number): boolean {
+    return this.sections[pfn >>> SECTION_SHIFT] !== undefined;
+  }
+
+  /** The section of pfn. Precondition: online(pfn) was called. */
+  sec(pfn: number): Section {
+    const s = this.sections[pfn >>> SECTION_SHIFT];
+    if (s === undefined) throw new Error(`memmap: pfn ${pfn} is not online`);
+    return s;
+  }
+
+  ref(pfn: number): number {
+    return this.sec(pfn).refcount[pfn & SECTION_MASK];
+  }
+  setRef(pfn: number, v: number): void {
+    this.sec(pfn).refcount[pfn & SECTION_MASK] = v;
+  }
+  addRef(pfn: number, d: number): number {
+    const s = this.sec(pfn);
+    const v = s.refcount[pfn & SECTION_MASK] + d;
+    s.refcount[pfn & SECTION_MASK] = v;
+    return v;
+  }
+
+  mapcount(pfn: number): number {
+    return this.sec(pfn).mapcount[pfn & SECTION_MASK];
+  }
+  setMapcount(pfn: number, v: number): void {
+    this.sec(pfn).mapcount[pfn & SECTION_MASK] = v;
+  }
+  addMapcount(pfn: number, d: number): number {
+    const s = this.sec(pfn);
+    const v = s.mapcount[pfn & SECTION_MASK] + d;
+    s.mapcount[pfn & SECTION_MASK] = v;
+    return v;
+  }
+
+  flags(pfn: number): number {
+    return this.sec(pfn).flags[pfn & SECTION_MASK];
+  }
+  setFlags(pfn: number, v: number): void {
+    this.sec(pfn).flags[pfn & SECTION_MASK] = v;
+  }
+  test(pfn: number, bit: number): boolean {
+    return (this.sec(pfn).flags[pfn & SECTION_MASK] & bit) !== 0;
+  }
+  set(pfn: number, bit: number): void {
+    this.sec(pfn).flags[pfn & SECTION_MASK] |= bit;
+  }
+  clear(pfn: number, bit: number): void {
+    this.sec(pfn).flags[pfn & SECTION_MASK] &= ~bit;
+  }
+
+  tag(pfn: number): number {
+    return this.sec(pfn).tag[pfn & SECTION_MASK];
+  }
+  setTag(pfn: number, v: number): void {
+    this.sec(pfn).tag[pfn & SECTION_MASK] = v;
+  }
+
+  /** The folio order recorded on any page of a folio. */
+  order(pfn: number): number {
+    return (this.sec(pfn).flags[pfn & SECTION_MASK] & ORDER_MASK) >>> ORDER_SHIFT;
+  }
+
+  /** The head pfn of the folio containing pfn (folios are naturally aligned). */
+  folioHead(pfn: number): number {
+    const order = this.order(pfn);
+    return pfn - (pfn % (1 << order));
+  }
+
+  /**
+   * Turns 2^order frames starting at pfn into one folio: flags set to `flags` on every page,
+   * PG_head/PG_tail and the order recorded, per-page mapcounts and the folio counters zeroed,
+   * refcount 1 on the head. Content tags are left as they are (callers zero when needed).
+   */
+  prepFolio(pfn: number, order: number, flags: number): void {
+    const s = this.sec(pfn);
+    const i0 = pfn & SECTION_MASK;
+    const nr = 1 << order;
+    const orderBits = order << ORDER_SHIFT;
+    const headBits = nr > 1 ? PG_head : 0;
+    s.flags[i0] = flags | orderBits | headBits;
+    s.refcount[i0] = 1;
+    s.mapcount[i0] = 0;
+    for (let i = 1; i < nr; i++) {
+      s.flags[i0 + i] = flags | orderBits | PG_tail;
+      s.refcount[i0 + i] = 0;
+      s.mapcount[i0 + i] = 0;
+    }
+  }
+
+  /** Clears the state of 2^order frames being freed (refcount, mapcount, flags). */
+  clearFolio(pfn: number, order: number): void {
+    const s = this.sec(pfn);
+    const i0 = pfn & SECTION_MASK;
+    const nr = 1 << order;
+    s.refcount.fill(0, i0, i0 + nr);
+    s.mapcount.fill(0, i0, i0 + nr);
+    s.flags.fill(0, i0, i0 + nr);
+  }
+
+  /** Sets the content tag of nr frames from pfn (0 = zeroed). */
+  fillTag(pfn: number, nr: number, tag: number): void {
+    const s = this.sec(pfn);
+    const i0 = pfn & SECTION_MASK;
+    s.tag.fill(tag, i0, i0 + nr);
+  }
+
+  /** Like struct folio's _entire_mapcount: PMD mappings of a large folio. */
+  entireMapcount(head: number): number {
+    return this.sec(head).refcount[(head & SECTION_MASK) + 1];
+  }
+  addEntireMapcount(head: number, d: number): void {
+    this.sec(head).refcount[(head & SECTION_MASK) + 1] += d;
+  }
+  /** Like struct folio's _large_mapcount: all PTE and PMD mappings of a large folio. */
+  largeMapcount(head: number): number {
+    return this.sec(head).refcount[(head & SECTION_MASK) + 2];
+  }
+  addLargeMapcount(head: number, d: number): void {
+    this.sec(head).refcount[(head & SECTION_MASK) + 2] += d;
+  }
+}

@@ -1,0 +1,384 @@
+import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  MAP_ANONYMOUS,
+  MAP_FIXED,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  PROT_EXEC,
+  PROT_READ,
+  PROT_WRITE,
+} from "../uapi.ts";
+import { SCHEMA_FILE, scenarioJsonSchemaText } from "./export-schema.ts";
+import { loadScenario, parseScenario, ScenarioError } from "./load.ts";
+import type { OpOf } from "./schema.ts";
+
+const MiB = 2 ** 20;
+
+// The example of docs/scenarios.md.
+const EXAMPLE = `name: THP populate then split by mprotect
+description: A PMD-mapped THP is split when mprotect covers half of it.
+machine:
+  ram: 4GiB
+  thp:
+    enabled: madvise
+    useZeroPage: true
+    sizes:
+      64kB: always
+processes: [a]
+ops:
+  - { op: mmap, pid: a, len: 4MiB, prot: rw, flags: [private, anonymous], as: buf }
+  - { op: madvise, pid: a, addr: buf, len: 4MiB, advice: hugepage }
+  - { op: write, pid: a, addr: buf, len: 2MiB }
+  - { op: mprotect, pid: a, addr: buf+1MiB, len: 1MiB, prot: r }
+  - { op: read, pid: a, addr: buf+3MiB, len: 4KiB, expect: { content: zero } }
+  - { op: write, pid: a, addr: buf, len: 4KiB, expect: { signal: SIGSEGV } }
+  - { op: munmap, pid: a, addr: 0x1001, len: 4KiB, expect: { errno: EINVAL } }
+  - { op: check, pid: a, status: { VmRSS: 2048, VmPTE: 12 }, smaps: [ { addr: buf, AnonHugePages: 0, Rss: 1024 } ] }
+  - { op: dump, pid: a, addr: buf, len: 64KiB }
+  - { op: spawn, pid: b }
+  - { op: exit, pid: a }
+`;
+
+/** A small scenario whose ops start on line 5; tests append op lines to it. */
+const HEAD = "name: t\nmachine: { ram: 64MiB }\nprocesses: [a]\nops:\n";
+const MMAP = "  - { op: mmap, pid: a, len: 1MiB, prot: rw, as: buf }\n";
+
+function errorOf(text: string): ScenarioError {
+  try {
+    parseScenario(text, "t.yaml");
+  } catch (e) {
+    if (e instanceof ScenarioError) return e;
+    throw e;
+  }
+  throw new Error("errorOf: the scenario parsed without error");
+}
+
+/** The error's fields in one object, so a failing test shows all of them. */
+function fields(e: ScenarioError) {
+  return { line: e.line, col: e.col, path: e.path, message: e.message, hint: e.hint };
+}
+
+describe("parseScenario on a valid file", () => {
+  const s = parseScenario(EXAMPLE, "example.yaml");
+  const op = <K extends (typeof s.ops)[number]["op"]>(i: number, kind: K) => {
+    expect(s.ops[i].op).toBe(kind);
+    return s.ops[i] as OpOf<K>;
+  };
+
+  it("resolves the machine, filling THP defaults", () => {
+    expect(s.file).toBe("example.yaml");
+    expect(s.machine).toEqual({
+      ram: 4 * 2 ** 30,
+      thp: {
+        enabled: "madvise",
+        useZeroPage: true,
+        sizes: {
+          "16kB": "never",
+          "32kB": "never",
+          "64kB": "always",
+          "128kB": "never",
+          "256kB": "never",
+          "512kB": "never",
+          "1024kB": "never",
+          "2048kB": "inherit",
+        },
+      },
+    });
+    expect(s.processes).toEqual(["a"]);
+  });
+
+  it("turns sizes, prot and flags into numbers and bits", () => {
+    const mmap = op(0, "mmap");
+    expect(mmap.len).toBe(4 * MiB);
+    expect(mmap.prot).toBe(PROT_READ | PROT_WRITE);
+    expect(mmap.flags).toBe(MAP_PRIVATE | MAP_ANONYMOUS);
+    expect(mmap.as).toBe("buf");
+    expect(mmap.addr).toBeUndefined();
+    expect(op(3, "mprotect").prot).toBe(PROT_READ);
+    expect(op(8, "dump").len).toBe(64 * 1024);
+  });
+
+  it("keeps an address as a name plus an offset", () => {
+    expect(op(1, "madvise").addr).toEqual({ base: "buf", offset: 0 });
+    expect(op(3, "mprotect").addr).toEqual({ base: "buf", offset: MiB });
+    expect(op(6, "munmap").addr).toEqual({ base: null, offset: 0x1001 });
+    expect(op(7, "check").smaps?.[0].addr).toEqual({ base: "buf", offset: 0 });
+  });
+
+  it("keeps expectations as names", () => {
+    expect(op(4, "read").expect).toEqual({ content: "zero" });
+    expect(op(5, "write").expect).toEqual({ signal: "SIGSEGV" });
+    expect(op(6, "munmap").expect).toEqual({ errno: "EINVAL" });
+    expect(op(7, "check").status).toEqual({ VmRSS: 2048, VmPTE: 12 });
+  });
+
+  it("records where each op was written", () => {
+    expect(s.ops.map((o) => o.at.line)).toEqual([13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]);
+    expect(s.ops[0].at).toEqual({ line: 13, col: 5 });
+  });
+
+  it("accepts every size, address and prot spelling", () => {
+    const t = parseScenario(
+      `${HEAD}${MMAP}` +
+        "  - { op: mmap, pid: a, addr: 0x7f0000000000, len: 0x1000, prot: [read, exec], flags: [shared, anonymous, fixed] }\n" +
+        "  - { op: munmap, pid: a, addr: buf - 0x1000, len: 64kB }\n" +
+        "  - { op: munmap, pid: a, addr: 'buf + 2MiB', len: 1 GiB }\n" +
+        '  - { op: mprotect, pid: a, addr: "0x7f0000001000", len: 4096, prot: none }\n' +
+        "  - op: mprotect\n    pid: a\n    addr: 0x10\n    len: 3B\n    prot: rwx\n",
+      "t.yaml",
+    );
+    const [, mmap, un1, un2, mp1, mp2] = t.ops;
+    expect(mmap).toMatchObject({ addr: { base: null, offset: 0x7f0000000000 }, len: 4096 });
+    expect(mmap).toMatchObject({
+      prot: PROT_READ | PROT_EXEC,
+      flags: MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED,
+    });
+    expect(un1).toMatchObject({ addr: { base: "buf", offset: -4096 }, len: 64 * 1024 });
+    expect(un2).toMatchObject({ addr: { base: "buf", offset: 2 * MiB }, len: 2 ** 30 });
+    expect(mp1).toMatchObject({ addr: { base: null, offset: 0x7f0000001000 }, prot: 0 });
+    expect(mp2).toMatchObject({
+      addr: { base: null, offset: 16 },
+      len: 3,
+      prot: 7,
+      at: { line: 10, col: 5 },
+    });
+  });
+
+  it("accepts the example of docs/scenarios.md, which is this file's EXAMPLE", () => {
+    const doc = readFileSync(new URL("../../docs/scenarios.md", import.meta.url), "utf8");
+    expect(/```yaml\n(.*?)```/s.exec(doc)?.[1]).toBe(EXAMPLE);
+  });
+
+  it("reads a file from disk and names it in the result", () => {
+    const path = join(mkdtempSync(join(tmpdir(), "vmlab-")), "ok.yaml");
+    writeFileSync(path, EXAMPLE);
+    expect(loadScenario(path).file).toBe(path);
+  });
+});
+
+describe("parseScenario on a malformed file", () => {
+  it("formats an error as file:line:col, path, message and a hint line", () => {
+    const e = errorOf(`${HEAD}  - { op: munmap, pid: a, addr: 0, len: 4XB }\n`);
+    expect(e.format()).toBe(
+      "t.yaml:5:41: error: ops[0].len: expected a size like 4KiB, 2MiB or a number of bytes, got '4XB'\n" +
+        "  Hint: unknown unit 'XB': use B, KiB, MiB, GiB or TiB (kB, MB, GB mean KiB, MiB, GiB); did you mean 'B'?",
+    );
+  });
+
+  it("points at the bad YAML syntax", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: exit, pid: a\n`))).toEqual({
+      line: 6,
+      col: 1,
+      path: "(document)",
+      message: "bad YAML: Flow map in block collection must be sufficiently indented and end with a }",
+      hint: "check the indentation and that every [ and { is closed",
+    });
+    expect(fields(errorOf("name: a\nname: b\n"))).toMatchObject({
+      line: 2,
+      col: 1,
+      hint: "each key may appear once in a mapping",
+    });
+  });
+
+  it("points at an unknown key and suggests the closest allowed one", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: munmap, pid: a, addr: 0, lenn: 4KiB }\n`))).toEqual({
+      line: 5,
+      col: 36,
+      path: "ops[0].lenn",
+      message: "unknown key 'lenn'",
+      hint: "allowed keys here: op, pid, addr, len, expect; did you mean 'len'?",
+    });
+  });
+
+  it("rejects an unsupported THP knob at its key", () => {
+    const e = errorOf(
+      "name: t\nmachine:\n  ram: 1GiB\n  thp:\n    defrag: always\nprocesses: [a]\nops: []\n",
+    );
+    expect(fields(e)).toEqual({
+      line: 5,
+      col: 5,
+      path: "machine.thp.defrag",
+      message: "unknown key 'defrag'",
+      hint: "allowed keys here: enabled, useZeroPage, sizes",
+    });
+  });
+
+  it("names the expected and the actual type", () => {
+    expect(fields(errorOf("name: t\nmachine: { ram: true }\nprocesses: [a]\nops: []\n"))).toEqual({
+      line: 2,
+      col: 17,
+      path: "machine.ram",
+      message: "expected a size like 4KiB, 2MiB or a number of bytes, got true",
+      hint: "write bytes (4096, 0x1000) or a whole number with a unit: B, KiB, MiB, GiB, TiB, kB, MB, GB",
+    });
+    expect(fields(errorOf("name: t\nmachine: { ram: 1GiB }\nprocesses: a\nops: []\n"))).toMatchObject({
+      line: 3,
+      col: 12,
+      path: "processes",
+      message: "expected a list of process names like [a, b], got 'a'",
+    });
+  });
+
+  it("rejects a size that is negative, fractional or beyond 2**53", () => {
+    const len = (v: string) => fields(errorOf(`${HEAD}  - { op: munmap, pid: a, addr: 0, len: ${v} }\n`));
+    expect(len("-1")).toMatchObject({ col: 41, path: "ops[0].len", hint: "it cannot be negative" });
+    expect(len("1.5")).toMatchObject({
+      message: "expected a size like 4KiB, 2MiB or a number of bytes, got 1.5",
+    });
+    expect(len("9007199254740993")).toMatchObject({ hint: "numbers must be below 2**53 (9007199254740992)" });
+    expect(len("8192TiB")).toMatchObject({ message: "size '8192TiB' is too large" });
+    expect(errorOf("name: t\nmachine: { ram: 4097 }\nprocesses: [a]\nops: []\n").message).toBe(
+      "ram must be a positive multiple of 4KiB",
+    );
+  });
+
+  it("reports a missing key at the mapping that lacks it", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: munmap, pid: a, addr: 0 }\n`))).toEqual({
+      line: 5,
+      col: 5,
+      path: "ops[0].len",
+      message: "missing key 'len'",
+      hint: "add len: a size like 4KiB, 2MiB or a number of bytes",
+    });
+  });
+
+  it("reports a misspelled key rather than the key it leaves missing", () => {
+    expect(fields(errorOf(`${HEAD}  - op: munmap\n    pid: a\n    addr: 0\n    lenn: 1\n`))).toMatchObject({
+      line: 8,
+      col: 5,
+      message: "unknown key 'lenn'",
+    });
+  });
+
+  it("reports the first problem in the file when there are several", () => {
+    const e = errorOf(
+      `${HEAD}  - { op: munmap, pid: a, addr: 0, len: x }\n  - { op: munmap, pid: a, addr: y+, len: 1 }\n`,
+    );
+    expect([e.line, e.path]).toEqual([5, "ops[0].len"]);
+  });
+
+  it("lists the ops for an unknown op", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: mmapp, pid: a, len: 4KiB, prot: rw }\n`))).toEqual({
+      line: 5,
+      col: 11,
+      path: "ops[0].op",
+      message: "unknown op 'mmapp'",
+      hint: "ops are: mmap, munmap, mprotect, madvise, read, write, check, dump, spawn, exit; did you mean 'mmap'?",
+    });
+  });
+
+  it("lists the allowed values for an unknown enum value", () => {
+    expect(
+      fields(errorOf(`${HEAD}${MMAP}  - { op: madvise, pid: a, addr: buf, len: 4KiB, advice: hugepages }\n`)),
+    ).toEqual({
+      line: 6,
+      col: 58,
+      path: "ops[1].advice",
+      message: "unknown advice 'hugepages'",
+      hint: "advice is one of: hugepage, nohugepage, normal; did you mean 'hugepage'?",
+    });
+    expect(fields(errorOf(`${HEAD}  - { op: mmap, pid: a, len: 4KiB, prot: [read, wrte] }\n`))).toMatchObject(
+      {
+        path: "ops[0].prot",
+        message: "unknown prot 'wrte'",
+      },
+    );
+  });
+
+  it("rejects a pid that names no process", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: exit, pid: c }\n`))).toEqual({
+      line: 5,
+      col: 22,
+      path: "ops[0].pid",
+      message: "unknown process 'c'",
+      hint: "processes at this point: a",
+    });
+    expect(errorOf(`${HEAD}  - { op: exit, pid: b }\n  - { op: spawn, pid: b }\n`).hint).toBe(
+      "'b' is spawned later, at ops[1] (line 6)",
+    );
+  });
+
+  it("rejects a pid used after its process exited", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: exit, pid: a }\n  - { op: dump, pid: a }\n`))).toEqual({
+      line: 6,
+      col: 22,
+      path: "ops[1].pid",
+      message: "process 'a' has exited",
+      hint: "it exits at ops[0] (line 5)",
+    });
+  });
+
+  it("rejects a spawn of a name already used", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: spawn, pid: a }\n`))).toMatchObject({
+      path: "ops[0].pid",
+      message: "spawn needs a fresh name: 'a' is running",
+    });
+  });
+
+  it("rejects an address name no earlier mmap bound", () => {
+    expect(fields(errorOf(`${HEAD}${MMAP}  - { op: munmap, pid: a, addr: bufx+4KiB, len: 4KiB }\n`))).toEqual(
+      {
+        line: 6,
+        col: 33,
+        path: "ops[1].addr",
+        message: "undefined address name 'bufx'",
+        hint: "names bound so far: buf; did you mean 'buf'?",
+      },
+    );
+    const early = errorOf(`${HEAD}  - { op: check, pid: a, smaps: [ { addr: buf, Rss: 0 } ] }\n${MMAP}`);
+    expect(fields(early)).toMatchObject({
+      path: "ops[0].smaps[0].addr",
+      hint: "'buf' is bound later, by the mmap at ops[1] (line 6)",
+    });
+  });
+
+  it("rejects a duplicate process name", () => {
+    expect(fields(errorOf("name: t\nmachine: { ram: 1GiB }\nprocesses: [a, b, a]\nops: []\n"))).toEqual({
+      line: 3,
+      col: 19,
+      path: "processes[2]",
+      message: "duplicate process 'a'",
+      hint: "process names must be unique",
+    });
+  });
+
+  it("checks expectations that the schema alone cannot", () => {
+    const pages = errorOf(
+      `${HEAD}${MMAP}  - { op: read, pid: a, addr: buf+2KiB, len: 4KiB, expect: { content: [1] } }\n`,
+    );
+    expect(fields(pages)).toMatchObject({
+      path: "ops[1].expect.content",
+      message: "content lists 1 page tag, but the access touches 2 pages",
+    });
+    const both = errorOf(
+      `${HEAD}  - { op: munmap, pid: a, addr: 0, len: 1, expect: { errno: EINVAL, ok: true } }\n`,
+    );
+    expect(both.message).toBe("expect needs exactly one of errno or ok");
+    expect(
+      errorOf(`${HEAD}  - { op: mmap, pid: a, len: 1, prot: r, flags: [private, fixed] }\n`).message,
+    ).toBe("flag 'fixed' needs addr");
+  });
+
+  it("reports an empty file and an unreadable file at 1:1", () => {
+    expect(fields(errorOf(""))).toMatchObject({ line: 1, col: 1, path: "(document)" });
+    const e = (() => {
+      try {
+        loadScenario("/nonexistent/x.yaml");
+      } catch (err) {
+        return err as ScenarioError;
+      }
+    })();
+    expect(e?.format()).toBe(
+      "/nonexistent/x.yaml:1:1: error: (document): cannot read the file (ENOENT)\n  Hint: check the path and its permissions",
+    );
+  });
+});
+
+describe("schema/scenario.schema.json", () => {
+  it("matches the zod schema (run npm run schema after changing schema.ts)", () => {
+    expect(readFileSync(SCHEMA_FILE, "utf8")).toBe(scenarioJsonSchemaText());
+  });
+});
