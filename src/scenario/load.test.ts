@@ -116,8 +116,8 @@ describe("parseScenario on a valid file", () => {
   });
 
   it("records where each op was written", () => {
-    expect(s.ops.map((o) => o.at.line)).toEqual([13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23]);
-    expect(s.ops[0].at).toEqual({ line: 13, col: 5 });
+    expect(s.ops.map((o) => o.at.line)).toEqual([12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22]);
+    expect(s.ops[0].at).toEqual({ line: 12, col: 5 });
   });
 
   it("accepts every size, address and prot spelling", () => {
