@@ -43,6 +43,7 @@ interface RefProc {
 export interface RefAccess {
   pages: number;
   tags: number[];
+  firstTag: number;
   signal: "SIGSEGV" | null;
   oom: boolean;
 }
@@ -225,7 +226,7 @@ export class RefModel {
       // Non-null: the loop above saw every one of these pages mapped.
       const page = p.pages.get(vpn)!;
       if (write) {
-        const tag = got.tags[i];
+        const tag = got.firstTag + i;
         if (!(tag > this.lastTag)) fail(`write at page ${vpn} stored tag ${tag}, not a fresh one`);
         this.lastTag = tag;
         if (page.obj === 0) p.priv.set(vpn, tag);

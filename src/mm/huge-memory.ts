@@ -3,7 +3,6 @@
 
 import { PG_anon, PG_anon_exclusive, PG_dirty, PG_lru, PG_swapbacked } from "../phys/memmap.ts";
 import { PMD_SIZE } from "../uapi.ts";
-import type { ThpPolicy } from "./machine.ts";
 import { MM_ANONPAGES, type Mm } from "./mm.ts";
 import { isPmdLeaf } from "./pgalloc.ts";
 import {
@@ -40,15 +39,13 @@ export const THP_ORDERS_ALL_ANON = 0x3fc;
  * "never", as in Linux 6.18.
  */
 export function thpVmaAllowableOrders(mm: Mm, vma: Vma, orders: number): number {
-  if (!vma.isAnonymous() || vma.flags & VM_NOHUGEPAGE) return 0;
-  const cfg = mm.machine.config.thp;
+  if (vma.shmem !== null || vma.flags & VM_NOHUGEPAGE) return 0;
+  const m = mm.machine;
   const huge = (vma.flags & VM_HUGEPAGE) !== 0;
-  const inherit = cfg.enabled === "always" || (huge && cfg.enabled === "madvise");
-  let mask = 0;
-  for (let order = 2; order <= HPAGE_PMD_ORDER; order++) {
-    const p: ThpPolicy = cfg.orders[order] ?? "never";
-    if (p === "always" || (p === "madvise" && huge) || (p === "inherit" && inherit)) mask |= 1 << order;
-  }
+  const global = m.config.thp.enabled;
+  let mask = m.hugeAnonOrdersAlways;
+  if (huge) mask |= m.hugeAnonOrdersMadvise;
+  if (global === "always" || (huge && global === "madvise")) mask |= m.hugeAnonOrdersInherit;
   return orders & mask & THP_ORDERS_ALL_ANON;
 }
 

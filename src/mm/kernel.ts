@@ -2,15 +2,16 @@
 // This is vmlab's public model API; scenarios, tests and benchmarks drive it.
 
 import { PG_reserved } from "../phys/memmap.ts";
-import { ENOMEM, PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
+import { ENOMEM, PAGE_SIZE, PMD_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
 import { VM_FAULT_OOM } from "./huge-memory.ts";
 import { defaultThpConfig, Machine, type ThpConfig } from "./machine.ts";
 import { sysMadvise } from "./madvise.ts";
 import { FAULT_FLAG_WRITE, freePgtables, handleMmFault, unmapPageRange } from "./memory.ts";
 import { Mm } from "./mm.ts";
 import { doMmap, sysMunmap } from "./mmap.ts";
-import { mmuTranslate } from "./mmu.ts";
+import { mmuTranslate, pteTableOf } from "./mmu.ts";
 import { sysMprotect } from "./mprotect.ts";
+import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, entryPfn, type PageTable } from "./pgtable.ts";
 import { VM_ACCESS_FLAGS, VM_WRITE } from "./vma.ts";
 import { releaseVma } from "./vma-ops.ts";
 
@@ -24,13 +25,16 @@ export interface KernelConfig {
 }
 
 /**
- * The outcome of a user access to [addr, addr + len): how many pages it completed, the
- * content tags it read or wrote (one per page), and what stopped it, if anything: SIGSEGV for
- * an access outside any VMA or against its protection, VM_FAULT_OOM when memory ran out.
+ * The outcome of a user access to [addr, addr + len): how many pages it completed, the content
+ * tags a read returned (one per page), the tags a write stored (page i got firstTag + i; fresh
+ * tags are consecutive, so no array is built on the write path), and what stopped it, if
+ * anything: SIGSEGV for an access outside any VMA or against its protection, VM_FAULT_OOM when
+ * memory ran out.
  */
 export interface AccessResult {
   pages: number;
   tags: number[];
+  firstTag: number;
   signal: "SIGSEGV" | null;
   oom: boolean;
 }
@@ -132,12 +136,32 @@ export class Kernel {
   private access(pid: number, addr: number, len: number, write: boolean): AccessResult {
     const mm = this.mm(pid);
     const m = this.machine;
-    const res: AccessResult = { pages: 0, tags: [], signal: null, oom: false };
+    const res: AccessResult = { pages: 0, tags: [], firstTag: 0, signal: null, oom: false };
     if (len <= 0) return res;
     const first = Math.floor(addr / PAGE_SIZE) * PAGE_SIZE;
     const end = Math.ceil((addr + len) / PAGE_SIZE) * PAGE_SIZE;
+    // A one-entry page-walk cache: the PTE table of the last 2 MiB range walked. Only a fault
+    // changes page tables during an access, so it is dropped after each fault.
+    let walkBase = -PMD_SIZE;
+    let walkPte: PageTable | undefined;
+    let retries = 0;
     for (let a = first; a < end; a += PAGE_SIZE) {
-      let pfn = mmuTranslate(mm, a, write, true);
+      if (a - walkBase >= PMD_SIZE) {
+        walkBase = Math.floor(a / PMD_SIZE) * PMD_SIZE;
+        walkPte = pteTableOf(mm, a);
+      }
+      let pfn = -1;
+      if (walkPte !== undefined) {
+        const j = (a / PAGE_SIZE) & 511;
+        const lo = walkPte.e[2 * j];
+        if (lo & _PAGE_PRESENT && (!write || lo & _PAGE_RW)) {
+          const bits = write ? _PAGE_ACCESSED | _PAGE_DIRTY : _PAGE_ACCESSED;
+          if ((lo & bits) !== bits) walkPte.e[2 * j] = (lo | bits) >>> 0;
+          pfn = entryPfn(lo, walkPte.e[2 * j + 1]);
+        }
+      } else {
+        pfn = mmuTranslate(mm, a, write, true); // a huge PMD, or nothing mapped
+      }
       if (pfn < 0) {
         const vma = mm.vmaLookup(a);
         if (vma === undefined || (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_ACCESS_FLAGS))) {
@@ -148,14 +172,19 @@ export class Kernel {
           res.oom = true;
           return res;
         }
-        pfn = mmuTranslate(mm, a, write, true);
-        if (pfn < 0) throw new Error(`access: fault at ${a.toString(16)} did not map the page`);
+        // Retry the access, as the CPU does. A fault under an existing PTE table changes entries
+        // of that table only; any other fault may have installed tables, so walk again.
+        if (++retries > 3) throw new Error(`access: fault at ${a.toString(16)} did not map the page`);
+        if (walkPte === undefined) walkBase = -PMD_SIZE;
+        a -= PAGE_SIZE;
+        continue;
       }
+      retries = 0;
       if (write) {
         if (m.memmap.test(pfn, PG_reserved)) throw new Error(`access: write to reserved pfn ${pfn}`);
         const tag = m.newTag();
         m.memmap.setTag(pfn, tag);
-        res.tags.push(tag);
+        if (res.pages === 0) res.firstTag = tag;
       } else {
         res.tags.push(m.memmap.tag(pfn));
       }

@@ -41,11 +41,22 @@ export class Machine {
   /** Large folios on the deferred split queue (head pfns, in queueing order). */
   readonly deferredSplit = new Set<number>();
   readonly shmemObjects = new Map<number, ShmemObject>();
+  /** huge_anon_orders_always / _madvise / _inherit: the per-size sysfs policy as order masks. */
+  readonly hugeAnonOrdersAlways: number;
+  readonly hugeAnonOrdersMadvise: number;
+  readonly hugeAnonOrdersInherit: number;
   private nextTag = 1;
   private nextId = 1;
 
   constructor(config: MachineConfig) {
     this.config = config;
+    const masks = { always: 0, madvise: 0, inherit: 0, never: 0 };
+    for (const [order, policy] of Object.entries(config.thp.orders)) {
+      if (policy !== undefined) masks[policy] |= 1 << Number(order);
+    }
+    this.hugeAnonOrdersAlways = masks.always;
+    this.hugeAnonOrdersMadvise = masks.madvise;
+    this.hugeAnonOrdersInherit = masks.inherit;
     const nrPages = Math.floor(config.ramBytes / 4096);
     this.buddy = new BuddyAllocator(nrPages);
     this.memmap = this.buddy.memmap;

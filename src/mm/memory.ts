@@ -112,17 +112,15 @@ export function doAnonymousPage(mm: Mm, vma: Vma, pte: PageTable, addr: number, 
   if (order < 0) return VM_FAULT_OOM;
   const pfn = allocatedPfn;
   const nr = 1 << order;
-  const start = Math.floor(addr / (4096 * nr)) * (4096 * nr);
-  m.memmap.addRef(pfn, nr - 1);
+  if (nr > 1) m.memmap.addRef(pfn, nr - 1);
   folioAddNewAnonRmap(m, pfn, order, false);
   mm.rss[MM_ANONPAGES] += nr;
   if (order > 0) m.stat.incOrder("anon_fault_alloc", order);
   const writable = (vma.flags & VM_WRITE) !== 0;
   const bits = vmPageProtLo(vma.flags) | (writable ? _PAGE_RW | _PAGE_DIRTY : 0);
-  const hi = mkHi(0, vmPageProtNx(vma.flags));
-  const j0 = pteIndex(start);
-  for (let k = 0; k < nr; k++)
-    pte.set(j0 + k, mkLo(pfn + k, bits), (hi | Math.floor((pfn + k) / 2 ** 20)) >>> 0);
+  const nx = vmPageProtNx(vma.flags);
+  const j0 = pteIndex(addr) & ~(nr - 1);
+  for (let k = 0; k < nr; k++) pte.set(j0 + k, mkLo(pfn + k, bits), mkHi(pfn + k, nx));
   m.stat.inc(EV.pte_write, nr);
   return 0;
 }
@@ -139,6 +137,17 @@ let allocatedPfn = -1;
 function allocAnonFolio(mm: Mm, vma: Vma, pte: PageTable, addr: number): number {
   const m = mm.machine;
   let orders = thpVmaAllowableOrders(mm, vma, THP_ORDERS_ALL_ANON & ((1 << HPAGE_PMD_ORDER) - 1));
+  if (orders === 0) {
+    // folio_prealloc: the order-0 fast path.
+    const pfn = m.buddy.alloc(0);
+    if (pfn < 0) return -1;
+    m.memmap.prepFolio(pfn, 0, PG_swapbacked | PG_lru);
+    m.memmap.setTag(pfn, 0);
+    m.stat.inc(EV.folio_alloc);
+    m.stat.inc(EV.page_zero);
+    allocatedPfn = pfn;
+    return 0;
+  }
   for (let order = HPAGE_PMD_ORDER - 1; order >= 2; order--) {
     if (!(orders & (1 << order))) continue;
     if (!thpVmaSuitableOrder(vma, addr, order) || !pteRangeNone(pte, addr, order)) orders &= ~(1 << order);

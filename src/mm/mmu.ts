@@ -8,6 +8,7 @@ import {
   _PAGE_PRESENT,
   _PAGE_PSE,
   _PAGE_RW,
+  type PageTable,
   pgdIndex,
   pmdIndex,
   pteIndex,
@@ -41,4 +42,12 @@ export function mmuTranslate(mm: Mm, addr: number, write: boolean, touch: boolea
     if ((lo & bits) !== bits) t.set(j, (lo | bits) >>> 0, t.hi(j));
   }
   return t.pfnAt(j) + sub;
+}
+
+/** The PTE table mapping addr's 2 MiB range, if one is installed (not a huge PMD). */
+export function pteTableOf(mm: Mm, addr: number): PageTable | undefined {
+  const pmd = mm.pgd.child(pgdIndex(addr))?.child(pudIndex(addr));
+  if (pmd === undefined) return undefined;
+  const i = pmdIndex(addr);
+  return pmd.lo(i) & _PAGE_PSE ? undefined : pmd.child(i);
 }

@@ -9,7 +9,7 @@
 //
 // Differs from Linux: no anon_vma interval tree yet (rmap walks come with fork).
 
-import { PG_anon, PG_anon_exclusive, PG_partially_mapped } from "../phys/memmap.ts";
+import { PG_anon, PG_anon_exclusive, PG_partially_mapped, SECTION_MASK } from "../phys/memmap.ts";
 import type { Machine } from "./machine.ts";
 import type { Mm } from "./mm.ts";
 import { AnonVma, VM_ACCESS_FLAGS, VM_SOFTDIRTY, type Vma } from "./vma.ts";
@@ -22,6 +22,14 @@ import { EV } from "./vmstat.ts";
  */
 export function folioAddNewAnonRmap(m: Machine, head: number, order: number, pmd: boolean): void {
   const mm = m.memmap;
+  m.stat.inc(EV.mapcount_update);
+  if (order === 0 && !pmd) {
+    const s = mm.sec(head);
+    const i = head & SECTION_MASK;
+    s.flags[i] |= PG_anon | PG_anon_exclusive;
+    s.mapcount[i] = 1;
+    return;
+  }
   const nr = 1 << order;
   for (let i = 0; i < nr; i++) mm.set(head + i, PG_anon);
   if (pmd) {
@@ -33,9 +41,8 @@ export function folioAddNewAnonRmap(m: Machine, head: number, order: number, pmd
       mm.setMapcount(head + i, 1);
       mm.set(head + i, PG_anon_exclusive);
     }
-    if (order > 0) mm.addLargeMapcount(head, nr);
+    mm.addLargeMapcount(head, nr);
   }
-  m.stat.inc(EV.mapcount_update);
 }
 
 /**

@@ -150,6 +150,12 @@ export class MemMap {
   prepFolio(pfn: number, order: number, flags: number): void {
     const s = this.sec(pfn);
     const i0 = pfn & SECTION_MASK;
+    if (order === 0) {
+      s.flags[i0] = flags;
+      s.refcount[i0] = 1;
+      s.mapcount[i0] = 0;
+      return;
+    }
     const nr = 1 << order;
     const orderBits = order << ORDER_SHIFT;
     const headBits = nr > 1 ? PG_head : 0;
@@ -167,6 +173,12 @@ export class MemMap {
   clearFolio(pfn: number, order: number): void {
     const s = this.sec(pfn);
     const i0 = pfn & SECTION_MASK;
+    if (order === 0) {
+      s.refcount[i0] = 0;
+      s.mapcount[i0] = 0;
+      s.flags[i0] = 0;
+      return;
+    }
     const nr = 1 << order;
     s.refcount.fill(0, i0, i0 + nr);
     s.mapcount.fill(0, i0, i0 + nr);
@@ -177,7 +189,8 @@ export class MemMap {
   fillTag(pfn: number, nr: number, tag: number): void {
     const s = this.sec(pfn);
     const i0 = pfn & SECTION_MASK;
-    s.tag.fill(tag, i0, i0 + nr);
+    if (nr === 1) s.tag[i0] = tag;
+    else s.tag.fill(tag, i0, i0 + nr);
   }
 
   /** Like struct folio's _entire_mapcount: PMD mappings of a large folio. */

@@ -177,25 +177,23 @@ export function runScenario(sc: Scenario): RunResult {
         const addr = resolve(op.addr);
         const r = op.op === "read" ? k.read(pid, addr, op.len) : k.write(pid, addr, op.len);
         const stop = r.signal ?? (r.oom ? "VM_FAULT_OOM" : null);
+        const tags = op.op === "read" ? r.tags : Array.from({ length: r.pages }, (_, i) => r.firstTag + i);
         rec.text = `${op.op}(${hex(addr)}, ${fmtSize(op.len)}): ${r.pages} pages${stop ? `, then ${stop}` : ""}${op.op === "read" ? ` ${tagsText(r.tags)}` : ""}`;
         const e = op.expect;
         if (e?.signal !== undefined)
           check((r.signal ?? "none") === e.signal, `expected signal ${e.signal}, got ${r.signal ?? "none"}`);
         if (e?.content !== undefined) {
           if (e.content === "zero")
-            check(
-              r.tags.length > 0 && r.tags.every((t) => t === 0),
-              `expected zeros, read ${tagsText(r.tags)}`,
-            );
+            check(tags.length > 0 && tags.every((t) => t === 0), `expected zeros, read ${tagsText(tags)}`);
           else if (e.content === "nonzero")
             check(
-              r.tags.length > 0 && r.tags.every((t) => t !== 0),
-              `expected non-zero content, read ${tagsText(r.tags)}`,
+              tags.length > 0 && tags.every((t) => t !== 0),
+              `expected non-zero content, read ${tagsText(tags)}`,
             );
           else
             check(
-              JSON.stringify(r.tags) === JSON.stringify(e.content),
-              `expected tags ${JSON.stringify(e.content)}, got ${JSON.stringify(r.tags)}`,
+              JSON.stringify(tags) === JSON.stringify(e.content),
+              `expected tags ${JSON.stringify(e.content)}, got ${JSON.stringify(tags)}`,
             );
         }
         break;
