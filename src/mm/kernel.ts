@@ -15,7 +15,10 @@ import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, entryPfn, type Pa
 import { VM_ACCESS_FLAGS, VM_WRITE } from "./vma.ts";
 import { releaseVma } from "./vma-ops.ts";
 
-/** mmap_base without randomisation: TASK_SIZE minus the 128 MiB minimum stack gap. */
+/**
+ * mmap_base: TASK_SIZE minus the 128 MiB minimum stack gap.
+ * Differs from Linux: no address-space randomisation, so runs are replayable.
+ */
 export const MMAP_BASE = 0x7ffff7fff000;
 
 export interface KernelConfig {
@@ -59,6 +62,8 @@ export class Kernel {
 
   /** Creates a process with an empty address space (mm_alloc). Returns its pid, or -ENOMEM. */
   createProcess(): number {
+    // Differs from Linux: the pgd is one 4 KiB page (x86 with PTI uses 8 KiB); it is not in VmPTE
+    // either way.
     const pgd = this.machine.allocTable("pgd");
     if (pgd === null) return -ENOMEM;
     const pid = this.nextPid++;
@@ -169,6 +174,8 @@ export class Kernel {
           return res;
         }
         if (handleMmFault(mm, vma, a, write ? FAULT_FLAG_WRITE : 0) & VM_FAULT_OOM) {
+          // Differs from Linux: no reclaim and no OOM killer yet; the access stops here and
+          // reports VM_FAULT_OOM, with everything the fault had begun unwound.
           res.oom = true;
           return res;
         }

@@ -129,6 +129,8 @@ export function doAnonymousPage(mm: Mm, vma: Vma, pte: PageTable, addr: number, 
 let allocatedPfn = -1;
 
 /**
+ * Differs from Linux: PG_lru is set at once (no per-cpu LRU batches, no LRU lists yet).
+ *
  * alloc_anon_folio: picks the highest order that the policy allows, that fits naturally
  * aligned in the VMA and whose PTEs are all none, and allocates it, falling back to lower
  * orders when the buddy allocator cannot supply one. Returns the order (pfn in allocatedPfn),

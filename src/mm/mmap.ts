@@ -134,6 +134,8 @@ export function doMmap(mm: Mm, addr: number, len: number, prot: number, flags: n
     return -EINVAL; // MAP_SHARED_VALIDATE has no meaning without a file
   }
   const shared = type === MAP_SHARED;
+  // VM_SOFTDIRTY is not set: the kernels on our machines lack CONFIG_MEM_SOFT_DIRTY (no "sd"
+  // in smaps), so vmlab shows the same VmFlags.
   let vmFlags = calcVmProtBits(prot) | VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC;
   if (shared) vmFlags |= VM_SHARED | VM_MAYSHARE;
   if (flags & MAP_NORESERVE) vmFlags |= VM_NORESERVE; // the overcommit heuristic honours it

@@ -106,6 +106,8 @@ export function folioMapcount(m: Machine, head: number): number {
 /**
  * deferred_split_folio(partially_mapped = true): queue a partly mapped large anon folio to be
  * split later, counting thp_deferred_split_page and the per-size split_deferred stat.
+ * Differs from Linux: nothing splits queued folios yet (the shrinker comes with reclaim); a
+ * queued folio leaves the queue when it is freed.
  */
 export function deferredSplitFolio(m: Machine, head: number, order: number): void {
   if (m.memmap.test(head, PG_partially_mapped)) return;

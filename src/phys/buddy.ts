@@ -11,16 +11,16 @@
 // Differs from Linux: memory that was never allocated ("pristine") sits at the tail of the
 // MAX_PAGE_ORDER list without being materialised; it is handed out in ascending pfn order.
 
-import { MemMap, PG_buddy, SECTION_MASK } from "./memmap.ts";
+import { MemMap, PAGES_PER_SECTION, PG_buddy, SECTION_MASK } from "./memmap.ts";
 
 export const MAX_PAGE_ORDER = 10;
 
 export class BuddyAllocator {
-  readonly memmap = new MemMap();
+  readonly memmap: MemMap;
   readonly nrPages: number;
   /** free_area[order].nr_free, counting pristine blocks at MAX_PAGE_ORDER. */
   readonly nrFree = new Float64Array(MAX_PAGE_ORDER + 1);
-  private readonly head = new Float64Array(MAX_PAGE_ORDER + 1); // pfn + 1, 0 = empty
+  private readonly head = new Int32Array(MAX_PAGE_ORDER + 1); // pfn + 1, 0 = empty
   private pristineNext = 0;
   private readonly pristineEnd: number;
   /** nr_free per order right after boot; the audit compares against it once all is freed. */
@@ -28,10 +28,12 @@ export class BuddyAllocator {
 
   /** Boots an allocator over nrPages frames [0, nrPages). */
   constructor(nrPages: number) {
-    if (!Number.isSafeInteger(nrPages) || nrPages < 1 || nrPages > 2 ** 32) {
+    if (!Number.isSafeInteger(nrPages) || nrPages < 1 || nrPages > 2 ** 30) {
       throw new Error(`buddy: bad number of pages ${nrPages}`);
     }
     this.nrPages = nrPages;
+    // Room for the reserved section the Machine puts after RAM (zero pages).
+    this.memmap = new MemMap(nrPages + 2 * PAGES_PER_SECTION);
     const maxBlock = 1 << MAX_PAGE_ORDER;
     this.pristineEnd = Math.floor(nrPages / maxBlock) * maxBlock;
     this.nrFree[MAX_PAGE_ORDER] = this.pristineEnd / maxBlock;
@@ -92,8 +94,8 @@ export class BuddyAllocator {
     while (order < MAX_PAGE_ORDER) {
       const buddy = pfn ^ (1 << order);
       if (buddy + (1 << order) > this.nrPages || !mm.isOnline(buddy)) break;
-      const f = mm.flags(buddy);
-      if ((f & PG_buddy) === 0 || mm.order(buddy) !== order) break;
+      // The buddy's head must be free at the same order: PG_buddy with that order in flags.
+      if (mm.sec(buddy).flags[buddy & SECTION_MASK] !== (PG_buddy | (order << 24))) break;
       this.delFromFreeList(buddy, order);
       pfn = Math.min(pfn, buddy);
       order++;
@@ -128,7 +130,7 @@ export class BuddyAllocator {
     const first = this.head[order];
     s.tag[i] = first; // next
     s.mapcount[i] = 0; // prev
-    if (first !== 0) mm.setMapcount(first - 1, pfn + 1);
+    if (first !== 0) mm.sec(first - 1).mapcount[(first - 1) & SECTION_MASK] = pfn + 1;
     this.head[order] = pfn + 1;
     this.nrFree[order]++;
   }
@@ -139,9 +141,9 @@ export class BuddyAllocator {
     const i = pfn & SECTION_MASK;
     const next = s.tag[i];
     const prev = s.mapcount[i];
-    if (prev !== 0) mm.setTag(prev - 1, next);
+    if (prev !== 0) mm.sec(prev - 1).tag[(prev - 1) & SECTION_MASK] = next;
     else this.head[order] = next;
-    if (next !== 0) mm.setMapcount(next - 1, prev);
+    if (next !== 0) mm.sec(next - 1).mapcount[(next - 1) & SECTION_MASK] = prev;
     s.flags[i] = 0;
     s.tag[i] = 0;
     s.mapcount[i] = 0;

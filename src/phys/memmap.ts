@@ -56,11 +56,17 @@ export class Section {
 
 /** The per-frame arrays of the whole simulated machine. */
 export class MemMap {
-  private readonly sections: (Section | undefined)[] = [];
+  /** Section slots for every pfn below maxPfn, filled so that V8 keeps the array packed. */
+  private readonly sections: (Section | undefined)[];
+
+  constructor(maxPfn: number) {
+    this.sections = new Array<Section | undefined>(Math.ceil(maxPfn / PAGES_PER_SECTION) + 1).fill(undefined);
+  }
 
   /** Makes the section holding pfn exist (zero-filled). Called by the allocator only. */
   online(pfn: number): void {
     const s = pfn >>> SECTION_SHIFT;
+    if (s >= this.sections.length) throw new Error(`memmap: pfn ${pfn} is beyond the memory map`);
     if (this.sections[s] === undefined) this.sections[s] = new Section();
   }
 
