@@ -1,5 +1,6 @@
 // The vmlab command line.
 
+import { relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { Command, CommanderError } from "commander";
 import { benchCore, formatBenchCore } from "../bench/core.ts";
@@ -18,10 +19,10 @@ const program = new Command()
 program
   .command("run")
   .description("run a scenario and print its operation log and final report")
-  .argument("[file]", "scenario YAML file", DEFAULT_SCENARIO)
+  .argument("[file]", "scenario YAML file (default: the built-in examples/default.yaml)")
   .option("--json", "print the result as JSON")
-  .action((file: string, opts: { json?: boolean }) => {
-    const result = runScenario(loadScenario(file));
+  .action((file: string | undefined, opts: { json?: boolean }) => {
+    const result = runScenario(loadScenario(file ?? relative(process.cwd(), DEFAULT_SCENARIO)));
     process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatRun(result)}\n`);
     if (result.expectations.failed > 0) process.exitCode = 1;
   });
