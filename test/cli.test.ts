@@ -74,7 +74,7 @@ describe("vmlab run", () => {
     const r = vmlab("run");
     expect(r.stderr).toBe("");
     expect(r.status).toBe(0);
-    expect(r.stdout).toContain(`(${DEFAULT})`);
+    expect(r.stdout).toContain("(examples/default.yaml)");
     expect(r.stdout).toMatch(/^#1 +a: mmap\(NULL, 256KiB, PROT_READ\|PROT_WRITE, /m);
     expect(r.stdout).toMatch(/^#12 +a: write\(0x[0-9a-f]+, 4KiB\): 0 pages, then SIGSEGV$/m);
     expect(r.stdout).toContain("Final state:");
