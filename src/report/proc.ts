@@ -50,6 +50,8 @@ export interface SmapsEntry {
   start: number;
   end: number;
   perms: string;
+  /** The maps line's device, inode and name: "00:00 0" for private anon, shmem's "/dev/zero (deleted)". */
+  backing: string;
   Size: number;
   Rss: number;
   Anonymous: number;
@@ -108,6 +110,7 @@ export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
     start: vma.start,
     end: vma.end,
     perms,
+    backing: vma.shmem === null ? "00:00 0" : `00:01 ${vma.shmem.id}  /dev/zero (deleted)`,
     Size: (vma.end - vma.start) / 1024,
     Rss: rss,
     Anonymous: anon,
@@ -214,7 +217,7 @@ const hex = (n: number): string => n.toString(16).padStart(12, "0");
 export function formatSmaps(e: SmapsEntry): string {
   const kb = (name: string, v: number) => `${`${name}:`.padEnd(16)}${String(v).padStart(8)} kB`;
   return [
-    `${hex(e.start)}-${hex(e.end)} ${e.perms} 00000000 00:00 0`,
+    `${hex(e.start)}-${hex(e.end)} ${e.perms} 00000000 ${e.backing}`,
     kb("Size", e.Size),
     kb("Rss", e.Rss),
     kb("Anonymous", e.Anonymous),
