@@ -37,7 +37,7 @@ import {
   VM_WRITE,
   Vma,
 } from "./vma.ts";
-import { completeMunmap, doMunmap, gatherMunmap, releaseVma } from "./vma-ops.ts";
+import { completeMunmap, doMunmap, gatherMunmap, mergeInto } from "./vma-ops.ts";
 import { EV } from "./vmstat.ts";
 
 /** vm.mmap_min_addr default (CONFIG_DEFAULT_MMAP_MIN_ADDR on x86). */
@@ -181,14 +181,8 @@ function mmapRegion(mm: Mm, addr: number, end: number, vmFlags: number): number 
     withNext &&
     (prev.anonVma === null || next.anonVma === null || prev.anonVma === next.anonVma)
   ) {
-    mm.removeVma(next);
-    prev.end = next.end;
-    if (prev.anonVma === null && next.anonVma !== null) {
-      prev.anonVma = next.anonVma;
-      prev.anonVma.vmas++;
-    }
-    releaseVma(mm, next);
-    m.stat.inc(EV.vma_merge);
+    prev.end = end; // prev grows over the new range, then absorbs next
+    mergeInto(mm, prev, next);
     return 0;
   }
   if (withPrev) {

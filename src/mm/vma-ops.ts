@@ -60,14 +60,19 @@ function __splitVma(mm: Mm, vma: Vma, addr: number): Vma {
   return upper;
 }
 
+/** dup_anon_vma: a VMA without an anon_vma that absorbs pages of `src` takes src's anon_vma. */
+function dupAnonVma(dst: Vma, src: Vma): void {
+  if (dst.anonVma === null && src.anonVma !== null) {
+    dst.anonVma = src.anonVma;
+    dst.anonVma.vmas++;
+  }
+}
+
 /** Removes `next` by extending `prev` over it (the two are adjacent and mergeable). */
-function mergeInto(mm: Mm, prev: Vma, next: Vma): void {
+export function mergeInto(mm: Mm, prev: Vma, next: Vma): void {
   mm.removeVma(next);
   prev.end = next.end;
-  if (prev.anonVma === null && next.anonVma !== null) {
-    prev.anonVma = next.anonVma; // dup_anon_vma
-    prev.anonVma.vmas++;
-  }
+  dupAnonVma(prev, next);
   releaseVma(mm, next);
   mm.machine.stat.inc(EV.vma_merge);
 }
@@ -93,10 +98,7 @@ export function vmaModifyFlags(mm: Mm, vma: Vma, start: number, end: number, new
       prev.end = end;
       vma.pgoff += (end - vma.start) / 4096;
       vma.start = end;
-      if (prev.anonVma === null && vma.anonVma !== null) {
-        prev.anonVma = vma.anonVma;
-        prev.anonVma.vmas++;
-      }
+      dupAnonVma(prev, vma);
       mm.machine.stat.inc(EV.vma_merge);
     }
     return prev;
@@ -111,10 +113,7 @@ export function vmaModifyFlags(mm: Mm, vma: Vma, start: number, end: number, new
     next.start = start;
     next.pgoff -= (vma.end - start) / 4096;
     vma.end = start;
-    if (next.anonVma === null && vma.anonVma !== null) {
-      next.anonVma = vma.anonVma;
-      next.anonVma.vmas++;
-    }
+    dupAnonVma(next, vma);
     mm.machine.stat.inc(EV.vma_merge);
     return next;
   }
