@@ -23,6 +23,8 @@ export interface BenchCore {
   largestPopulatedGiB: number;
   largestHostMiB: number;
   largestPopulateS: number;
+  /** Host memory of a booted 1 TiB machine with nothing populated, MiB. */
+  emptyTiBHostMiB: number;
   repetitions: number;
   node: string;
 }
@@ -114,6 +116,11 @@ export function benchCore(
     if (k.pids().length !== 1) throw new Error("bench: lost the process");
     return (after - before) / 4 / 2 ** 20;
   };
+  const b0 = hostBytes();
+  const tib = new Kernel({ ramBytes: 1024 * GiB });
+  const emptyTiB = (hostBytes() - b0) / 2 ** 20;
+  if (tib.pids().length !== 0) throw new Error("bench: a fresh machine has processes");
+  say(`booted a 1 TiB machine: ${emptyTiB.toFixed(2)} MiB of host memory`);
   const mem4k = perGiB({});
   const mem64k = perGiB({ 4: "always" });
   say(`host memory per populated GiB: 4k ${mem4k.toFixed(2)} MiB, 64k ${mem64k.toFixed(2)} MiB`);
@@ -133,6 +140,7 @@ export function benchCore(
     largestPopulatedGiB: maxGiB,
     largestHostMiB: round(bigHost, 0),
     largestPopulateS: round(bigMs / 1000),
+    emptyTiBHostMiB: round(emptyTiB, 2),
     repetitions: reps,
     node: process.version,
   };
@@ -146,5 +154,6 @@ export function formatBenchCore(r: BenchCore): string {
     `populate1GiBMs          ${r.populate1GiBMs} ms`,
     `exit1GiBMs              ${r.exit1GiBMs} ms`,
     `largestPopulatedGiB     ${r.largestPopulatedGiB} GiB in ${r.largestPopulateS} s, ${r.largestHostMiB} MiB host   (target 64)`,
+    `emptyTiBHostMiB         ${r.emptyTiBHostMiB} MiB for a booted 1 TiB machine with nothing populated`,
   ].join("\n");
 }
