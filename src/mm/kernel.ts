@@ -1,7 +1,6 @@
 // The kernel as a user program sees it: processes, their syscalls, and their memory accesses.
 // This is vmlab's public model API; scenarios, tests and benchmarks drive it.
 
-import { PG_reserved } from "../phys/memmap.ts";
 import { ENOMEM, PAGE_SIZE, PMD_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
 import { VM_FAULT_OOM } from "./huge-memory.ts";
 import { defaultThpConfig, Machine, type ThpConfig } from "./machine.ts";
@@ -188,7 +187,8 @@ export class Kernel {
       }
       retries = 0;
       if (write) {
-        if (m.memmap.test(pfn, PG_reserved)) throw new Error(`access: write to reserved pfn ${pfn}`);
+        // The zero pages are reserved frames after RAM; a write must never reach them.
+        if (pfn >= m.buddy.nrPages) throw new Error(`access: write to reserved pfn ${pfn}`);
         const tag = m.newTag();
         m.memmap.setTag(pfn, tag);
         if (res.pages === 0) res.firstTag = tag;
