@@ -15,22 +15,25 @@
 //               order-9 folios (or the huge zero page) and have a deposited, empty table
 //   RSS         MM_ANONPAGES and MM_SHMEMPAGES equal the mapped pages found
 //   VMAs        sorted, disjoint, page aligned, anon_vma and shmem user counts add up
-//   deferred    queued folios are large, anon, PG_partially_mapped and partly mapped
+//   deferred    queued folios are large anon folios, marked partly mapped or new PMD THPs; every
+//               partly mapped large anon folio is marked and queued
 
 import type { Kernel } from "../mm/kernel.ts";
 import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, type Mm } from "../mm/mm.ts";
 import {
+  _PAGE_NX_HI,
   _PAGE_PRESENT,
   _PAGE_PROTNONE,
   _PAGE_PSE,
   _PAGE_RW,
   _PAGE_SPECIAL,
+  _PAGE_USER,
   HPAGE_PMD_NR,
   type PageTable,
   PGDIR_SIZE,
 } from "../mm/pgtable.ts";
 import type { AnonVma, Vma } from "../mm/vma.ts";
-import { VM_ACCESS_FLAGS, VM_SHARED, VM_WRITE } from "../mm/vma.ts";
+import { VM_ACCESS_FLAGS, VM_EXEC, VM_SHARED, VM_WRITE } from "../mm/vma.ts";
 import {
   PAGES_PER_SECTION,
   PG_anon,
@@ -54,6 +57,8 @@ class Expect {
   readonly mappers = new Map<number, Set<number>>();
   /** table pfns seen, to catch a table reachable twice. */
   readonly tables = new Set<number>();
+  /** heads of the large anon folios found while walking the frames. */
+  readonly largeAnon: number[] = [];
 }
 
 function fail(msg: string): never {
@@ -83,7 +88,7 @@ export function audit(k: Kernel): void {
   for (const id of shmemUse.keys())
     if (!m.shmemObjects.has(id)) fail(`VMA refers to freed shmem object ${id}`);
   auditFrames(k, ex);
-  auditDeferredSplit(k);
+  auditDeferredSplit(k, ex);
   if (k.pids().length === 0) {
     if (m.shmemObjects.size !== 0) fail(`${m.shmemObjects.size} shmem objects left after the last exit`);
     for (let o = 0; o < m.buddy.nrFree.length; o++) {
@@ -168,7 +173,7 @@ function auditTables(k: Kernel, mm: Mm, ex: Expect): void {
 }
 
 /** The VMA containing addr, checked to agree with an entry's protection bits. */
-function vmaFor(mm: Mm, addr: number, lo: number): Vma {
+function vmaFor(mm: Mm, addr: number, lo: number, hi: number): Vma {
   const vma = mm.vmaLookup(addr);
   if (vma === undefined) fail(`pid ${mm.pid}: entry at ${hex(addr)} lies outside every VMA`);
   const accessible = (vma.flags & VM_ACCESS_FLAGS) !== 0;
@@ -177,8 +182,13 @@ function vmaFor(mm: Mm, addr: number, lo: number): Vma {
   if (lo & _PAGE_PROTNONE && !(lo & _PAGE_PRESENT) && accessible) {
     fail(`pid ${mm.pid}: PROT_NONE entry at ${hex(addr)} in an accessible VMA`);
   }
-  if (lo & _PAGE_RW && !(vma.flags & VM_WRITE))
+  if (lo & _PAGE_RW && !(vma.flags & VM_WRITE)) {
     fail(`pid ${mm.pid}: writable entry at ${hex(addr)} in a VMA without VM_WRITE`);
+  }
+  if (lo & _PAGE_PRESENT && !(lo & _PAGE_USER))
+    fail(`pid ${mm.pid}: present entry at ${hex(addr)} without _PAGE_USER`);
+  if (((hi & _PAGE_NX_HI) !== 0) !== !(vma.flags & VM_EXEC))
+    fail(`pid ${mm.pid}: NX at ${hex(addr)} disagrees with VM_EXEC`);
   return vma;
 }
 
@@ -200,7 +210,7 @@ function auditHugePmd(
   const m = k.machine;
   const lo = pmd.lo(d);
   const head = pmd.pfnAt(d);
-  const vma = vmaFor(mm, addr, lo);
+  const vma = vmaFor(mm, addr, lo, pmd.hi(d));
   if (addr < vma.start || addr + PMD_SIZE > vma.end)
     fail(`pid ${mm.pid}: huge PMD at ${hex(addr)} crosses its VMA`);
   if (head === m.hugeZeroPfn) {
@@ -212,6 +222,8 @@ function auditHugePmd(
     fail(`pid ${mm.pid}: huge PMD at ${hex(addr)} maps pfn ${head}, not an order-9 folio head`);
   }
   if (!m.memmap.test(head, PG_anon)) fail(`pid ${mm.pid}: huge PMD at ${hex(addr)} maps a non-anon folio`);
+  if (vma.anonVma === null)
+    fail(`pid ${mm.pid}: anon folio mapped at ${hex(addr)} in a VMA without anon_vma`);
   ex.pmdMaps.set(head, (ex.pmdMaps.get(head) ?? 0) + 1);
   addMapper(ex, head, mm.pid);
   if (lo & _PAGE_RW && !(vma.flags & VM_SHARED) && !m.memmap.test(head, PG_anon_exclusive)) {
@@ -228,7 +240,7 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
     const addr = base + j * 4096;
     if (!(lo & (_PAGE_PRESENT | _PAGE_PROTNONE)))
       fail(`pid ${mm.pid}: PTE at ${hex(addr)} is neither none nor mapped`);
-    const vma = vmaFor(mm, addr, lo);
+    const vma = vmaFor(mm, addr, lo, pte.hi(j));
     const pfn = pte.pfnAt(j);
     if (lo & _PAGE_SPECIAL) {
       if (pfn !== m.zeroPfn)
@@ -244,6 +256,8 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
     const anon = m.memmap.test(head, PG_anon);
     if (anon !== vma.isAnonymous()) fail(`pid ${mm.pid}: PTE at ${hex(addr)} maps the wrong kind of folio`);
     if (anon) {
+      if (vma.anonVma === null)
+        fail(`pid ${mm.pid}: anon page mapped at ${hex(addr)} in a VMA without anon_vma`);
       addMapper(ex, pfn, mm.pid);
       if (lo & _PAGE_RW && !m.memmap.test(pfn, PG_anon_exclusive)) {
         fail(`pid ${mm.pid}: writable PTE at ${hex(addr)} maps pfn ${pfn}, which is not AnonExclusive`);
@@ -340,6 +354,7 @@ function auditFolio(k: Kernel, head: number, ex: Expect, shmemPages: Set<number>
     }
   }
   const pmdMaps = ex.pmdMaps.get(head) ?? 0;
+  if (order > 1 && f & PG_anon) ex.largeAnon.push(head);
   if (order > 0) {
     if (order < 2) fail(`folio ${head} has order 1, which anon and shmem folios never have here`);
     if (mm.entireMapcount(head) !== pmdMaps)
@@ -355,15 +370,31 @@ function auditFolio(k: Kernel, head: number, ex: Expect, shmemPages: Set<number>
   if (want === 0) fail(`folio ${head} is allocated but unreferenced (leak)`);
 }
 
-function auditDeferredSplit(k: Kernel): void {
+function auditDeferredSplit(k: Kernel, ex: Expect): void {
   const mm = k.machine.memmap;
   for (const head of k.machine.deferredSplit) {
-    if (!mm.test(head, PG_partially_mapped) || !mm.test(head, PG_anon)) {
-      fail(`deferred split queue holds folio ${head}, which is not a partly mapped anon folio`);
+    if (!mm.test(head, PG_anon) || mm.order(head) < 2)
+      fail(`deferred split queue holds ${head}, not a large anon folio`);
+    if (!mm.test(head, PG_partially_mapped) && mm.order(head) !== 9) {
+      fail(
+        `deferred split queue holds unmarked folio ${head} of order ${mm.order(head)}; only new PMD THPs go there unmarked`,
+      );
     }
+  }
+  // Every large anon folio mapped only in part, by PTEs, is marked and queued (__folio_remove_rmap).
+  for (const head of ex.largeAnon) {
+    if (mm.entireMapcount(head) > 0) continue;
     const nr = 1 << mm.order(head);
     let mapped = 0;
     for (let i = 0; i < nr; i++) if (mm.mapcount(head + i) > 0) mapped++;
-    if (mm.entireMapcount(head) === 0 && mapped === nr) fail(`queued folio ${head} is fully mapped`);
+    if (
+      mapped > 0 &&
+      mapped < nr &&
+      !(mm.test(head, PG_partially_mapped) && k.machine.deferredSplit.has(head))
+    ) {
+      fail(`folio ${head} is partly mapped (${mapped}/${nr} pages) but not queued for deferred split`);
+    }
+    if (mapped === nr && mm.test(head, PG_partially_mapped))
+      fail(`fully mapped folio ${head} is marked partially mapped`);
   }
 }

@@ -76,8 +76,11 @@ export class RefModel {
   /** @param ramPages total RAM, for the overcommit heuristic (vm.overcommit_memory = 0). */
   constructor(private readonly ramPages: number) {}
 
-  /** The errno mmap must return for these arguments, when the model can tell; else null. */
-  mmapErrno(pid: number, addr: number, len: number, prot: number, flags: number): number | null {
+  /**
+   * The errno mmap must return for these arguments; null when it must succeed; "unknown" when
+   * the model cannot tell (a MAP_FIXED mapping over memory whose commit charge it does not track).
+   */
+  mmapErrno(pid: number, addr: number, len: number, prot: number, flags: number): number | null | "unknown" {
     const type = flags & MAP_TYPE;
     if (len === 0) return EINVAL;
     const size = Math.ceil(len / PAGE_SIZE) * PAGE_SIZE;
@@ -89,7 +92,10 @@ export class RefModel {
     }
     if (type !== MAP_SHARED && type !== MAP_PRIVATE) return EINVAL;
     const accounted = type === MAP_SHARED || prot & PROT_WRITE;
-    if (accounted && !(flags & MAP_NORESERVE) && size / PAGE_SIZE > this.ramPages) return ENOMEM;
+    if (accounted && !(flags & MAP_NORESERVE) && size / PAGE_SIZE > this.ramPages) {
+      // Linux charges a private MAP_FIXED mapping only for pages not charged already.
+      return type === MAP_PRIVATE && flags & MAP_FIXED ? "unknown" : ENOMEM;
+    }
     return null;
   }
 

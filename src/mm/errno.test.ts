@@ -885,3 +885,25 @@ describe("order of the checks", () => {
     expect(k.madvise(pid, B + 1, 0, MADV_NORMAL)).toBe(-EINVAL);
   });
 });
+
+describe("address selection and commit charge (review findings)", () => {
+  it("mmap without a hint falls back to the bottom-up layout when nothing fits below mmap_base", () => {
+    const k = new Kernel({ ramBytes: 64 * 2 ** 20 });
+    const pid = k.createProcess();
+    const low = 65536;
+    const base = 0x7ffff7fff000;
+    expect(k.mmap(pid, low, base - low, 0, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)).toBe(low);
+    const got = k.mmap(pid, 0, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS);
+    expect(got).toBeGreaterThanOrEqual(base);
+  });
+
+  it("MAP_FIXED over an accounted mapping charges only the pages not charged already", () => {
+    const k = new Kernel({ ramBytes: 64 * 2 ** 20 }); // 16384 pages
+    const pid = k.createProcess();
+    const rw = PROT_READ | PROT_WRITE;
+    const a = k.mmap(pid, 0, 12288 * 4096, rw, MAP_PRIVATE | MAP_ANONYMOUS);
+    expect(a).toBeGreaterThan(0);
+    expect(k.mmap(pid, a, 20000 * 4096, rw, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)).toBe(a);
+    expect(k.mmap(pid, 0, 20000 * 4096, rw, MAP_PRIVATE | MAP_ANONYMOUS)).toBe(-ENOMEM);
+  });
+});

@@ -20,7 +20,13 @@ import {
   mkLo,
   type PageTable,
 } from "./pgtable.ts";
-import { anonVmaPrepare, folioAddNewAnonRmap, folioAddRmapPtes, folioRemoveRmapPmd } from "./rmap.ts";
+import {
+  anonVmaPrepare,
+  deferredSplitFolio,
+  folioAddNewAnonRmap,
+  folioAddRmapPtes,
+  folioRemoveRmapPmd,
+} from "./rmap.ts";
 import { VM_HUGEPAGE, VM_NOHUGEPAGE, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
 import { EV } from "./vmstat.ts";
 
@@ -77,13 +83,17 @@ function allocAnonFolioPmd(mm: Mm): number {
   return pfn;
 }
 
-/** map_anon_folio_pmd: maps a new PMD THP at PMD entry i, writable and dirty if VM_WRITE. */
+/**
+ * map_anon_folio_pmd: maps a new PMD THP at PMD entry i, dirty always and writable if VM_WRITE
+ * (maybe_pmd_mkwrite(pmd_mkdirty(entry))), and queues it for the underused-THP shrinker.
+ */
 function mapAnonFolioPmd(mm: Mm, vma: Vma, pmd: PageTable, i: number, pfn: number): void {
   const m = mm.machine;
-  const w = vma.flags & VM_WRITE ? _PAGE_RW | _PAGE_DIRTY : 0;
-  const [lo, hi] = mkHugePmd(vma, pfn, w);
+  const w = vma.flags & VM_WRITE ? _PAGE_RW : 0;
+  const [lo, hi] = mkHugePmd(vma, pfn, w | _PAGE_DIRTY);
   pmd.set(i, lo, hi);
   folioAddNewAnonRmap(m, pfn, HPAGE_PMD_ORDER, true);
+  deferredSplitFolio(m, pfn, HPAGE_PMD_ORDER, false);
   mm.rss[MM_ANONPAGES] += HPAGE_PMD_NR;
   m.stat.inc(EV.pmd_write);
   m.stat.inc(EV.thp_fault_alloc);
@@ -123,7 +133,8 @@ export function doHugePmdAnonymousPage(
     const [lo, hi] = mkHugePmd(vma, m.hugeZeroPfn, _PAGE_SPECIAL);
     pmd.set(i, lo, hi);
     m.stat.inc(EV.pmd_write);
-    m.stat.inc(EV.thp_zero_page_alloc);
+    // get_huge_zero_folio counts thp_zero_page_alloc when it allocates the folio: here, once.
+    if (m.stat.get("thp_zero_page_alloc") === 0) m.stat.inc(EV.thp_zero_page_alloc);
     return 0;
   }
   mapAnonFolioPmd(mm, vma, pmd, i, folio);

@@ -2,7 +2,7 @@
 // queue, shmem objects), the THP policy and the event counters. One Machine per run.
 
 import { BuddyAllocator } from "../phys/buddy.ts";
-import { type MemMap, PG_partially_mapped, PG_reserved, PG_table, SECTION_SHIFT } from "../phys/memmap.ts";
+import { type MemMap, PG_reserved, PG_table, SECTION_SHIFT } from "../phys/memmap.ts";
 import { HPAGE_PMD_ORDER, PageTable } from "./pgtable.ts";
 import type { ShmemObject } from "./shmem.ts";
 import { EV, VmStat } from "./vmstat.ts";
@@ -96,7 +96,7 @@ export class Machine {
     if (left > 0) return;
     if (left < 0) throw new Error(`folioPut: pfn ${head} refcount went negative`);
     const order = mm.order(head);
-    if (mm.test(head, PG_partially_mapped)) this.deferredSplit.delete(head);
+    if (order > 1) this.deferredSplit.delete(head); // folio_undo_large_rmappable
     mm.clearFolio(head, order);
     this.buddy.free(head, order);
     this.stat.inc(EV.folio_free);

@@ -271,10 +271,15 @@ function mapShmemPage(mm: Mm, vma: Vma, pte: PageTable, j: number, pfn: number, 
 function doFaultAround(mm: Mm, vma: Vma, pte: PageTable, addr: number): void {
   // Non-null: only called for VMAs with a shmem object.
   const obj = vma.shmem!;
-  const win = FAULT_AROUND_PAGES * 4096;
-  const pmdStart = Math.floor(addr / PMD_SIZE) * PMD_SIZE;
-  const from = Math.max(Math.floor(addr / win) * win, vma.start, pmdStart);
-  const to = Math.min(Math.floor(addr / win) * win + win, vma.end, pmdStart + PMD_SIZE);
+  // do_fault_around: from_pte = max(ALIGN_DOWN(pte_off, nr), pte_off - vma_off), then
+  // to_pte = min3(from_pte + nr, PTRS_PER_PTE, end of the VMA), all within one PTE table.
+  const pteOff = pteIndex(addr);
+  const vmaOff = (addr - vma.start) / 4096;
+  const fromPte = Math.max(pteOff & ~(FAULT_AROUND_PAGES - 1), pteOff - Math.min(pteOff, vmaOff));
+  const toPte = Math.min(fromPte + FAULT_AROUND_PAGES, 512, pteOff + vma.pages() - vmaOff);
+  const base = addr - pteOff * 4096;
+  const from = base + fromPte * 4096;
+  const to = base + toPte * 4096;
   for (let a = from; a < to; a += 4096) {
     const j = pteIndex(a);
     if (a === addr || !pte.none(j)) continue;

@@ -54,7 +54,7 @@ function unmappedAreaTopdown(mm: Mm, len: number, pad: number, align: number): n
   let k = mm.findVmaIndex(gapEnd); // the first VMA ending above mmap_base may start below it
   if (k < v.length && v[k].start < gapEnd) gapEnd = v[k].start;
   for (k--; ; k--) {
-    const gapStart = k >= 0 ? v[k].end : PAGE_SIZE;
+    const gapStart = k >= 0 ? Math.max(v[k].end, MMAP_MIN_ADDR) : MMAP_MIN_ADDR;
     if (gapEnd - gapStart >= len + pad) return Math.floor((gapEnd - len) / align) * align;
     if (k < 0) return -ENOMEM;
     gapEnd = v[k].start;
@@ -89,7 +89,24 @@ function findArea(mm: Mm, hint: number, len: number, flags: number): number {
     const a = unmappedAreaTopdown(mm, len, PMD_SIZE, PMD_SIZE);
     if (a >= 0) return a;
   }
-  return unmappedAreaTopdown(mm, len, 0, PAGE_SIZE);
+  const a = unmappedAreaTopdown(mm, len, 0, PAGE_SIZE);
+  // arch_get_unmapped_area_topdown falls back to the bottom-up search of the legacy layout.
+  return a >= 0 ? a : unmappedArea(mm, len, TASK_UNMAPPED_BASE, TASK_SIZE);
+}
+
+/** TASK_UNMAPPED_BASE on x86-64: where the legacy bottom-up layout starts (no randomisation). */
+const TASK_UNMAPPED_BASE = Math.ceil(TASK_SIZE / 3 / PAGE_SIZE) * PAGE_SIZE;
+
+/** unmapped_area: the lowest address in [low, high) where len bytes fit between VMAs. */
+function unmappedArea(mm: Mm, len: number, low: number, high: number): number {
+  const v = mm.vmas;
+  let gapStart = low;
+  for (let k = mm.findVmaIndex(low); ; k++) {
+    const gapEnd = k < v.length ? Math.min(v[k].start, high) : high;
+    if (gapEnd - gapStart >= len) return gapStart;
+    if (k >= v.length || gapEnd >= high) return -ENOMEM;
+    gapStart = Math.max(gapStart, v[k].end);
+  }
 }
 
 /** round_hint_to_min: a hint is page aligned down, and raised to mmap_min_addr. */
@@ -158,7 +175,10 @@ function mmapRegion(mm: Mm, addr: number, end: number, vmFlags: number): number 
   if (typeof doomed === "number") return doomed;
   const shared = (vmFlags & VM_SHARED) !== 0;
   if (!shared && (vmFlags & (VM_WRITE | VM_NORESERVE)) === VM_WRITE) {
-    if (!vmEnoughMemory(mm, pages)) return -ENOMEM;
+    // Only the pages not already charged to the VMAs being replaced are charged again.
+    let accounted = 0;
+    for (const v of doomed) if (v.flags & VM_ACCOUNT) accounted += v.pages();
+    if (!vmEnoughMemory(mm, pages - accounted)) return -ENOMEM;
     vmFlags |= VM_ACCOUNT;
   }
   completeMunmap(mm, doomed);

@@ -1,6 +1,5 @@
 // x86-64 4-level page tables: entry encoding, address split, and the tables themselves.
-// Differs from Linux on our machines: they run 5-level paging (LA57); user space below 2^47 and
-// VmPTE behave the same, as the P4D level is neither counted in VmPTE nor used by these addresses.
+// Our machines run 4-level paging too (no la57: a MAP_FIXED mapping above 2^47 fails there).
 //
 // A virtual address (48 bits used, user half below 2^47):
 //

@@ -12,6 +12,7 @@
 import { PG_anon, PG_anon_exclusive, PG_partially_mapped, SECTION_MASK } from "../phys/memmap.ts";
 import type { Machine } from "./machine.ts";
 import type { Mm } from "./mm.ts";
+import { HPAGE_PMD_ORDER } from "./pgtable.ts";
 import { AnonVma, VM_ACCESS_FLAGS, VM_SOFTDIRTY, type Vma } from "./vma.ts";
 import { EV } from "./vmstat.ts";
 
@@ -104,17 +105,21 @@ export function folioMapcount(m: Machine, head: number): number {
 }
 
 /**
- * deferred_split_folio(partially_mapped = true): queue a partly mapped large anon folio to be
- * split later, counting thp_deferred_split_page and the per-size split_deferred stat.
+ * deferred_split_folio: queue a large anon folio to be split later. A partly mapped one is
+ * marked PG_partially_mapped and counted (thp_deferred_split_page for PMD size, split_deferred
+ * per size); a new PMD THP is queued unmarked, for the underused-THP shrinker
+ * (split_underused_thp), as map_anon_folio_pmd does.
  * Differs from Linux: nothing splits queued folios yet (the shrinker comes with reclaim); a
  * queued folio leaves the queue when it is freed.
  */
-export function deferredSplitFolio(m: Machine, head: number, order: number): void {
-  if (m.memmap.test(head, PG_partially_mapped)) return;
-  m.memmap.set(head, PG_partially_mapped);
-  m.deferredSplit.add(head);
-  m.stat.inc(EV.thp_deferred_split_page);
-  m.stat.incOrder("split_deferred", order);
+export function deferredSplitFolio(m: Machine, head: number, order: number, partiallyMapped = true): void {
+  if (partiallyMapped && !m.memmap.test(head, PG_partially_mapped)) {
+    m.memmap.set(head, PG_partially_mapped);
+    // thp_deferred_split_page counts PMD-sized folios only; split_deferred counts every size.
+    if (order >= HPAGE_PMD_ORDER) m.stat.inc(EV.thp_deferred_split_page);
+    m.stat.incOrder("split_deferred", order);
+  }
+  m.deferredSplit.add(head); // list_add_tail only when not queued yet: a Set keeps the first place
 }
 
 /**
