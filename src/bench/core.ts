@@ -11,6 +11,8 @@ const GiB = 2 ** 30;
 export interface BenchCore {
   /** Simulated 4 KiB anonymous write faults: median host ns per fault, warm host memory. */
   faultNsPer4k: number;
+  /** The fastest warm repetition: the VMs here are noisy, so the median swings between runs. */
+  bestFaultNsPer4k: number;
   /** The same for the first repetition, which first-touches the host memory. */
   coldFaultNsPer4k: number;
   /** Host memory (V8 heap + array buffers) per populated simulated GiB, MiB. */
@@ -133,6 +135,7 @@ export function benchCore(
   const round = (x: number, d = 1) => Math.round(x * 10 ** d) / 10 ** d;
   return {
     faultNsPer4k: round(median(faultNs)),
+    bestFaultNsPer4k: round(Math.min(...faultNs)),
     coldFaultNsPer4k: round(coldNs),
     hostMiBPerPopulatedGiB: { "4k": round(mem4k, 2), "64k": round(mem64k, 2) },
     populate1GiBMs: round(median(popMs)),
@@ -149,7 +152,7 @@ export function benchCore(
 /** The figures as a short table, with the targets from the core-model issue. */
 export function formatBenchCore(r: BenchCore): string {
   return [
-    `faultNsPer4k            ${r.faultNsPer4k} ns   (target <= 200; median of ${r.repetitions} x 262144 faults; cold first run ${r.coldFaultNsPer4k} ns)`,
+    `faultNsPer4k            ${r.faultNsPer4k} ns   (target <= 200; median of ${r.repetitions} x 262144 faults; best ${r.bestFaultNsPer4k} ns; cold first run ${r.coldFaultNsPer4k} ns)`,
     `hostMiBPerPopulatedGiB  4k ${r.hostMiBPerPopulatedGiB["4k"]} MiB, 64k ${r.hostMiBPerPopulatedGiB["64k"]} MiB   (target <= 8)`,
     `populate1GiBMs          ${r.populate1GiBMs} ms`,
     `exit1GiBMs              ${r.exit1GiBMs} ms`,

@@ -161,23 +161,13 @@ export class Kernel {
         if (lo & _PAGE_PRESENT && (!write || lo & _PAGE_RW)) {
           const bits = write ? _PAGE_ACCESSED | _PAGE_DIRTY : _PAGE_ACCESSED;
           if ((lo & bits) !== bits) walkPte.e[2 * j] = (lo | bits) >>> 0;
-          pfn = entryPfn(lo, walkPte.e[2 * j + 1]);
+          pfn = (lo >>> 12) + (walkPte.e[2 * j + 1] & 0xfffff) * 1048576; // entryPfn, inlined
         }
       } else {
         pfn = mmuTranslate(mm, a, write, true); // a huge PMD, or nothing mapped
       }
       if (pfn < 0) {
-        const vma = mm.vmaLookup(a);
-        if (vma === undefined || (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_ACCESS_FLAGS))) {
-          res.signal = "SIGSEGV";
-          return res;
-        }
-        if (handleMmFault(mm, vma, a, write ? FAULT_FLAG_WRITE : 0) & VM_FAULT_OOM) {
-          // Differs from Linux: no reclaim and no OOM killer yet; the access stops here and
-          // reports VM_FAULT_OOM, with everything the fault had begun unwound.
-          res.oom = true;
-          return res;
-        }
+        if (!userFault(mm, a, write, res)) return res;
         // Retry the access, as the CPU does. A fault under an existing PTE table changes entries
         // of that table only; any other fault may have installed tables, so walk again.
         if (++retries > 3) throw new Error(`access: fault at ${a.toString(16)} did not map the page`);
@@ -209,4 +199,25 @@ export class Kernel {
       flags: v.flags,
     }));
   }
+}
+
+/**
+ * The arch fault handler for a user access at addr (kept out of the access loop so that the
+ * loop stays small): SIGSEGV outside a VMA or against its rights (x86's access_error: a write
+ * needs VM_WRITE, a read any of VM_READ, VM_WRITE, VM_EXEC), else handleMmFault. Returns false
+ * when the access must stop, with res.signal or res.oom set.
+ */
+function userFault(mm: Mm, addr: number, write: boolean, res: AccessResult): boolean {
+  const vma = mm.vmaLookup(addr);
+  if (vma === undefined || (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_ACCESS_FLAGS))) {
+    res.signal = "SIGSEGV";
+    return false;
+  }
+  if (handleMmFault(mm, vma, addr, write ? FAULT_FLAG_WRITE : 0) & VM_FAULT_OOM) {
+    // Differs from Linux: no reclaim and no OOM killer yet; the access stops here and reports
+    // VM_FAULT_OOM, with everything the fault had begun unwound.
+    res.oom = true;
+    return false;
+  }
+  return true;
 }
