@@ -10,7 +10,7 @@ import { Mm } from "./mm.ts";
 import { doMmap, sysMunmap } from "./mmap.ts";
 import { mmuTranslate, pteTableOf } from "./mmu.ts";
 import { sysMprotect } from "./mprotect.ts";
-import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, entryPfn, type PageTable } from "./pgtable.ts";
+import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, type PageTable } from "./pgtable.ts";
 import { VM_ACCESS_FLAGS, VM_WRITE } from "./vma.ts";
 import { releaseVma } from "./vma-ops.ts";
 
