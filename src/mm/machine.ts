@@ -81,10 +81,6 @@ export class Machine {
     return this.nextId++;
   }
 
-  isZeroPfn(pfn: number): boolean {
-    return pfn === this.zeroPfn;
-  }
-
   /**
    * folio_put: drops one reference; the last one frees the folio to the buddy allocator,
    * taking it off the deferred split queue first.

@@ -22,7 +22,6 @@ import { freePgdRange, isPmdLeaf, pmdAlloc, pmdOffset, pteAlloc, pudAlloc } from
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
-  _PAGE_PRESENT,
   _PAGE_RW,
   _PAGE_SPECIAL,
   HPAGE_PMD_ORDER,
@@ -370,9 +369,4 @@ export function freePgtables(mm: Mm, ranges: [number, number][], floor: number, 
     while (k < ranges.length && ranges[k][0] <= end + PMD_SIZE) end = ranges[k++][1];
     freePgdRange(mm, start, end, floor, k < ranges.length ? ranges[k][0] : ceiling);
   }
-}
-
-/** The present bit test the MMU applies before faulting: can this PTE serve the access? */
-export function pteAllows(lo: number, write: boolean): boolean {
-  return (lo & _PAGE_PRESENT) !== 0 && (!write || (lo & _PAGE_RW) !== 0);
 }

@@ -99,11 +99,6 @@ export function folioRemoveRmapPmd(m: Machine, head: number): void {
   m.stat.inc(EV.mapcount_update);
 }
 
-/** folio_mapcount: how many page-table entries map the folio at head. */
-export function folioMapcount(m: Machine, head: number): number {
-  return m.memmap.order(head) === 0 ? m.memmap.mapcount(head) : m.memmap.largeMapcount(head);
-}
-
 /**
  * deferred_split_folio: queue a large anon folio to be split later. A partly mapped one is
  * marked PG_partially_mapped and counted (thp_deferred_split_page for PMD size, split_deferred
