@@ -218,4 +218,19 @@ describe("vmlab command line", () => {
     expect(r.stdout).toContain("--max-gib <n>");
     expect(r.stderr).toBe("");
   });
+
+  it("fuzz checks random cases against the audit and the reference model and says how many", () => {
+    const r = vmlab("fuzz", "--runs", "3", "--seed", "11");
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^fuzz: 3 cases, \d+ operations checked, seed 11: all agree\n$/);
+    // The same seed gives the same cases, so the same operation count.
+    expect(spawn(["fuzz", "--runs", "3", "--seed", "11"]).stdout).toBe(r.stdout);
+  });
+
+  it("fuzz refuses a bad --runs with exit status 2", () => {
+    const r = vmlab("fuzz", "--runs", "zero");
+    expect(r.status).toBe(2);
+    expect(r.stderr).toContain("--runs takes a positive integer");
+    expectNoStackTrace(r);
+  });
 });

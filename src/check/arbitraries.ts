@@ -1,0 +1,75 @@
+// Random machines and operation sequences for model-based checking, shared by the property
+// test and `vmlab fuzz`.
+
+import fc from "fast-check";
+import { Kernel } from "../mm/kernel.ts";
+import type { ThpGlobal, ThpPolicy } from "../mm/machine.ts";
+import { type AbstractOp, Lockstep } from "./driver.ts";
+
+const nat = (max: number) => fc.nat({ max });
+const pagesArb = fc.oneof(
+  fc.integer({ min: 1, max: 40 }),
+  fc.constantFrom(512, 1024, 1536),
+  fc.integer({ min: 1, max: 1100 }),
+);
+export const opArb: fc.Arbitrary<AbstractOp> = fc.oneof(
+  { weight: 1, arbitrary: fc.constant({ kind: "spawn" } as const) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("exit" as const), proc: nat(7) }) },
+  {
+    weight: 5,
+    arbitrary: fc.record({
+      kind: fc.constant("mmap" as const),
+      proc: nat(7),
+      pages: pagesArb,
+      prot: fc.constantFrom(0, 1, 2, 3, 3, 3, 4, 5, 7),
+      shared: fc.constantFrom(false, false, false, true),
+      populate: fc.boolean(),
+      place: fc.constantFrom("any", "any", "fixed", "noreplace"),
+      vma: nat(15),
+      off: nat(2000),
+    }),
+  },
+  ...(["munmap", "mprotect", "madvise", "read", "write", "write"] as const).map((kind) => ({
+    weight: kind === "write" || kind === "read" ? 6 : 3,
+    arbitrary: fc.record({
+      kind: fc.constant(kind),
+      proc: nat(7),
+      vma: nat(15),
+      off: nat(2000),
+      len: fc.oneof(fc.integer({ min: 0, max: 20 }), fc.integer({ min: 1, max: 1100 })),
+      prot: nat(7),
+    }),
+  })),
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant("bad" as const), proc: nat(7), which: nat(10) }) },
+);
+
+const policyArb = fc.constantFrom<ThpPolicy>("never", "always", "madvise", "inherit");
+export const machineArb = fc.record({
+  ramMiB: fc.constantFrom(8, 16, 64), // >= 2048 pages: no mprotect here outgrows the commit limit
+  enabled: fc.constantFrom("always", "madvise", "never") as fc.Arbitrary<"always" | "madvise" | "never">,
+  useZeroPage: fc.boolean(),
+  orders: fc.record({ 2: policyArb, 4: policyArb, 6: policyArb, 9: policyArb }),
+});
+
+export type MachineCase = {
+  ramMiB: number;
+  enabled: ThpGlobal;
+  useZeroPage: boolean;
+  orders: Record<number, ThpPolicy>;
+};
+
+/** One checked run: boots the machine, runs the operations in lockstep, exits every process. */
+export function runCase(mc: MachineCase, ops: AbstractOp[]): Lockstep {
+  const k = new Kernel({
+    ramBytes: mc.ramMiB * 2 ** 20,
+    thp: { enabled: mc.enabled, useZeroPage: mc.useZeroPage, orders: mc.orders },
+  });
+  const run = new Lockstep(k);
+  run.step({ kind: "spawn" });
+  for (const op of ops) run.step(op);
+  for (const pid of [...run.pids]) run.step({ kind: "exit", proc: run.pids.indexOf(pid) });
+  return run;
+}
+
+/** Operation sequences of 80 to 160 operations. */
+export const opsArb = fc.array(opArb, { minLength: 80, maxLength: 160, size: "max" });
