@@ -4,7 +4,7 @@
 import { PG_anon, PG_anon_exclusive, PG_dirty, PG_lru, PG_swapbacked } from "../phys/memmap.ts";
 import { PMD_SIZE } from "../uapi.ts";
 import { MM_ANONPAGES, type Mm } from "./mm.ts";
-import { isPmdLeaf } from "./pgalloc.ts";
+import { isPmdLeaf, populate } from "./pgalloc.ts";
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
@@ -70,16 +70,11 @@ function mkHugePmd(vma: Vma, pfn: number, extra: number): [number, number] {
 /** vma_alloc_anon_folio_pmd: a zeroed order-9 anon folio, or -1 (counted as a fallback). */
 function allocAnonFolioPmd(mm: Mm): number {
   const m = mm.machine;
-  const pfn = m.buddy.alloc(HPAGE_PMD_ORDER);
+  const pfn = m.allocFolio(HPAGE_PMD_ORDER, PG_swapbacked | PG_lru);
   if (pfn < 0) {
     m.stat.inc(EV.thp_fault_fallback);
     m.stat.incOrder("anon_fault_fallback", HPAGE_PMD_ORDER);
-    return -1;
   }
-  m.memmap.prepFolio(pfn, HPAGE_PMD_ORDER, PG_swapbacked | PG_lru);
-  m.memmap.fillTag(pfn, HPAGE_PMD_NR, 0);
-  m.stat.inc(EV.folio_alloc);
-  m.stat.inc(EV.page_zero, HPAGE_PMD_NR);
   return pfn;
 }
 
@@ -113,7 +108,7 @@ export function doHugePmdAnonymousPage(
   i: number,
   addr: number,
   write: boolean,
-) {
+): number {
   const m = mm.machine;
   if (!thpVmaSuitableOrder(vma, addr, HPAGE_PMD_ORDER)) return VM_FAULT_FALLBACK;
   anonVmaPrepare(mm, vma);
@@ -202,8 +197,7 @@ export function splitHugePmd(mm: Mm, vma: Vma, pmd: PageTable, i: number, haddr:
   }
   m.stat.inc(EV.pte_write, HPAGE_PMD_NR);
   m.stat.inc(EV.thp_split_pmd);
-  // pmd_populate with the withdrawn deposit: the table stays counted in VmPTE.
-  pmd.set(i, mkLo(pte.pfn, 0x67), mkHi(pte.pfn, false));
+  populate(pmd, i, pte); // pmd_populate with the withdrawn deposit, already counted in VmPTE
 }
 
 /**

@@ -98,6 +98,24 @@ export class Machine {
     this.stat.inc(EV.folio_free);
   }
 
+  /**
+   * Allocates a folio of 2^order pages from the buddy allocator with PG_* `flags`, refcount 1,
+   * its pages zeroed (content tag 0) unless `zero` is false. Returns the head pfn, or -1 when
+   * no block of that order is free.
+   * Differs from Linux: PG_lru is set at once (no per-cpu LRU batches, no LRU lists yet).
+   */
+  allocFolio(order: number, flags: number, zero = true): number {
+    const pfn = this.buddy.alloc(order);
+    if (pfn < 0) return -1;
+    this.memmap.prepFolio(pfn, order, flags);
+    this.stat.inc(EV.folio_alloc);
+    if (zero) {
+      this.memmap.fillTag(pfn, 1 << order, 0);
+      this.stat.inc(EV.page_zero, 1 << order);
+    }
+    return pfn;
+  }
+
   /** pte_alloc_one / pmd_alloc_one: a zeroed page-table page, or null when memory is out. */
   allocTable(level: PageTable["level"]): PageTable | null {
     const pfn = this.buddy.alloc(0);

@@ -107,9 +107,9 @@ export function doAnonymousPage(mm: Mm, vma: Vma, pte: PageTable, addr: number, 
     return 0;
   }
   anonVmaPrepare(mm, vma);
-  const order = allocAnonFolio(mm, vma, pte, addr);
-  if (order < 0) return VM_FAULT_OOM;
-  const pfn = allocatedPfn;
+  const pfn = allocAnonFolio(mm, vma, pte, addr);
+  if (pfn < 0) return VM_FAULT_OOM;
+  const order = m.memmap.order(pfn);
   const nr = 1 << order;
   if (nr > 1) m.memmap.addRef(pfn, nr - 1);
   folioAddNewAnonRmap(m, pfn, order, false);
@@ -124,46 +124,24 @@ export function doAnonymousPage(mm: Mm, vma: Vma, pte: PageTable, addr: number, 
   return 0;
 }
 
-/** The pfn of the folio allocAnonFolio returned last (its return value is the order). */
-let allocatedPfn = -1;
-
 /**
- * Differs from Linux: PG_lru is set at once (no per-cpu LRU batches, no LRU lists yet).
- *
  * alloc_anon_folio: picks the highest order that the policy allows, that fits naturally
- * aligned in the VMA and whose PTEs are all none, and allocates it, falling back to lower
- * orders when the buddy allocator cannot supply one. Returns the order (pfn in allocatedPfn),
- * or -1 when not even an order-0 page is free.
+ * aligned in the VMA and whose PTEs are all none, and allocates it zeroed, falling back to
+ * lower orders when the buddy allocator cannot supply one. Returns the head pfn (its order is
+ * in the memmap), or -1 when not even an order-0 page is free.
  */
 function allocAnonFolio(mm: Mm, vma: Vma, pte: PageTable, addr: number): number {
   const m = mm.machine;
   let orders = thpVmaAllowableOrders(mm, vma, THP_ORDERS_ALL_ANON & ((1 << HPAGE_PMD_ORDER) - 1));
-  if (orders === 0) {
-    // folio_prealloc: the order-0 fast path.
-    const pfn = m.buddy.alloc(0);
-    if (pfn < 0) return -1;
-    m.memmap.prepFolio(pfn, 0, PG_swapbacked | PG_lru);
-    m.memmap.setTag(pfn, 0);
-    m.stat.inc(EV.folio_alloc);
-    m.stat.inc(EV.page_zero);
-    allocatedPfn = pfn;
-    return 0;
-  }
+  if (orders === 0) return m.allocFolio(0, PG_swapbacked | PG_lru); // folio_prealloc
   for (let order = HPAGE_PMD_ORDER - 1; order >= 2; order--) {
     if (!(orders & (1 << order))) continue;
     if (!thpVmaSuitableOrder(vma, addr, order) || !pteRangeNone(pte, addr, order)) orders &= ~(1 << order);
   }
   for (let order = HPAGE_PMD_ORDER - 1; order >= 0; order--) {
     if (order > 0 && !(orders & (1 << order))) continue;
-    const pfn = m.buddy.alloc(order);
-    if (pfn >= 0) {
-      m.memmap.prepFolio(pfn, order, PG_swapbacked | PG_lru);
-      m.memmap.fillTag(pfn, 1 << order, 0); // folio_zero_user
-      m.stat.inc(EV.folio_alloc);
-      m.stat.inc(EV.page_zero, 1 << order);
-      allocatedPfn = pfn;
-      return order;
-    }
+    const pfn = m.allocFolio(order, PG_swapbacked | PG_lru); // zeroed: folio_zero_user
+    if (pfn >= 0) return pfn;
     if (order > 0) m.stat.incOrder("anon_fault_fallback", order);
   }
   return -1;
@@ -203,15 +181,10 @@ function wpPageCopy(mm: Mm, vma: Vma, pte: PageTable, j: number): number {
   const oldPfn = pte.pfnAt(j);
   const wasZero = (pte.lo(j) & _PAGE_SPECIAL) !== 0;
   anonVmaPrepare(mm, vma);
-  const pfn = m.buddy.alloc(0);
+  const pfn = m.allocFolio(0, PG_swapbacked | PG_lru, wasZero);
   if (pfn < 0) return VM_FAULT_OOM;
-  m.memmap.prepFolio(pfn, 0, PG_swapbacked | PG_lru);
-  m.stat.inc(EV.folio_alloc);
-  if (wasZero) {
-    m.memmap.setTag(pfn, 0);
-    m.stat.inc(EV.page_zero);
-  } else {
-    m.memmap.setTag(pfn, m.memmap.tag(oldPfn));
+  if (!wasZero) {
+    m.memmap.setTag(pfn, m.memmap.tag(oldPfn)); // copy_user_highpage
     m.stat.inc(EV.page_copy);
   }
   folioAddNewAnonRmap(m, pfn, 0, false);

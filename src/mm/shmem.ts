@@ -6,7 +6,6 @@
 
 import { PG_lru, PG_shmem, PG_swapbacked } from "../phys/memmap.ts";
 import type { Machine } from "./machine.ts";
-import { EV } from "./vmstat.ts";
 
 export class ShmemObject {
   /** Page cache: page index -> pfn. Invariant: each pfn has refcount 1 + its mapcount. */
@@ -27,12 +26,8 @@ export class ShmemObject {
 export function shmemGetFolio(m: Machine, obj: ShmemObject, index: number): number {
   const cached = obj.pages.get(index);
   if (cached !== undefined) return cached;
-  const pfn = m.buddy.alloc(0);
+  const pfn = m.allocFolio(0, PG_swapbacked | PG_shmem | PG_lru);
   if (pfn < 0) return -1;
-  m.memmap.prepFolio(pfn, 0, PG_swapbacked | PG_shmem | PG_lru);
-  m.memmap.setTag(pfn, 0);
-  m.stat.inc(EV.folio_alloc);
-  m.stat.inc(EV.page_zero);
   obj.pages.set(index, pfn);
   return pfn;
 }
