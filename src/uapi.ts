@@ -31,7 +31,15 @@ export const MAP_NORESERVE = 0x4000;
 export const MAP_POPULATE = 0x8000;
 export const MAP_FIXED_NOREPLACE = 0x100000;
 
+export const MREMAP_MAYMOVE = 1;
+export const MREMAP_FIXED = 2;
+export const MREMAP_DONTUNMAP = 4;
+
 export const MADV_NORMAL = 0;
+export const MADV_DONTFORK = 10;
+export const MADV_DOFORK = 11;
+export const MADV_WIPEONFORK = 18;
+export const MADV_KEEPONFORK = 19;
 export const MADV_HUGEPAGE = 14;
 export const MADV_NOHUGEPAGE = 15;
 

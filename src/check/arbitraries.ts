@@ -3,7 +3,7 @@
 
 import fc from "fast-check";
 import { Kernel } from "../mm/kernel.ts";
-import type { ThpGlobal, ThpPolicy } from "../mm/machine.ts";
+import type { CowReuse, ThpGlobal, ThpPolicy } from "../mm/machine.ts";
 import { type AbstractOp, Lockstep } from "./driver.ts";
 
 const nat = (max: number) => fc.nat({ max });
@@ -12,6 +12,22 @@ const pagesArb = fc.oneof(
   fc.constantFrom(512, 1024, 1536),
   fc.integer({ min: 1, max: 1100 }),
 );
+/** mremap joins the random operations once Kernel.mremap exists. */
+const MREMAP_OPS = "mremap" in Kernel.prototype;
+const mremapArb = {
+  weight: 2,
+  arbitrary: fc.record({
+    kind: fc.constant("mremap" as const),
+    proc: nat(7),
+    vma: nat(15),
+    off: nat(2000),
+    len: fc.oneof(fc.integer({ min: 0, max: 20 }), fc.constantFrom(256, 512, 1024)),
+    newLen: fc.oneof(fc.integer({ min: 0, max: 20 }), fc.constantFrom(256, 512, 1024)),
+    mode: fc.constantFrom("inplace", "maymove", "maymove", "fixed"),
+    target: nat(15),
+  }),
+};
+
 export const opArb: fc.Arbitrary<AbstractOp> = fc.oneof(
   { weight: 1, arbitrary: fc.constant({ kind: "spawn" } as const) },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant("exit" as const), proc: nat(7) }) },
@@ -41,17 +57,54 @@ export const opArb: fc.Arbitrary<AbstractOp> = fc.oneof(
     }),
   })),
   { weight: 1, arbitrary: fc.record({ kind: fc.constant("bad" as const), proc: nat(7), which: nat(10) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant("fork" as const), proc: nat(7) }) },
+  {
+    weight: 3,
+    arbitrary: fc.record({
+      kind: fc.constant("pin" as const),
+      proc: nat(7),
+      vma: nat(15),
+      off: nat(2000),
+      len: fc.integer({ min: 0, max: 20 }),
+      write: fc.boolean(),
+      longterm: fc.boolean(),
+      fast: fc.boolean(),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant("vmsplice" as const),
+      proc: nat(7),
+      vma: nat(15),
+      off: nat(2000),
+      len: fc.integer({ min: 0, max: 20 }),
+    }),
+  },
+  ...(["unpin", "pinread", "piperead"] as const).map((kind) => ({
+    weight: 2,
+    arbitrary: fc.record({ kind: fc.constant(kind), which: nat(15) }),
+  })),
+  ...(MREMAP_OPS ? [mremapArb] : []),
 );
 
 const policyArb = fc.constantFrom<ThpPolicy>("never", "always", "madvise", "inherit");
-export const machineArb = fc.record({
-  ramMiB: fc.constantFrom(8, 16, 64), // >= 2048 pages: no mprotect here outgrows the commit limit
-  enabled: fc.constantFrom("always", "madvise", "never") as fc.Arbitrary<"always" | "madvise" | "never">,
-  useZeroPage: fc.boolean(),
-  orders: fc.record({ 2: policyArb, 4: policyArb, 6: policyArb, 9: policyArb }),
-});
+
+/** Random machines with the given COW reuse rule. */
+export const machineArbOf = (cow: CowReuse) =>
+  fc.record({
+    cow: fc.constant(cow),
+    ramMiB: fc.constantFrom(8, 16, 64), // >= 2048 pages: no mprotect here outgrows the commit limit
+    enabled: fc.constantFrom("always", "madvise", "never") as fc.Arbitrary<"always" | "madvise" | "never">,
+    useZeroPage: fc.boolean(),
+    orders: fc.record({ 2: policyArb, 4: policyArb, 6: policyArb, 9: policyArb }),
+  });
+
+/** Random machines under today's COW rules. */
+export const machineArb = machineArbOf("modern");
 
 export type MachineCase = {
+  cow: CowReuse;
   ramMiB: number;
   enabled: ThpGlobal;
   useZeroPage: boolean;
@@ -63,6 +116,7 @@ export function runCase(mc: MachineCase, ops: AbstractOp[]): Lockstep {
   const k = new Kernel({
     ramBytes: mc.ramMiB * 2 ** 20,
     thp: { enabled: mc.enabled, useZeroPage: mc.useZeroPage, orders: mc.orders },
+    cow: mc.cow,
   });
   const run = new Lockstep(k);
   run.step({ kind: "spawn" });
@@ -71,5 +125,5 @@ export function runCase(mc: MachineCase, ops: AbstractOp[]): Lockstep {
   return run;
 }
 
-/** Operation sequences of 80 to 160 operations. */
-export const opsArb = fc.array(opArb, { minLength: 80, maxLength: 160, size: "max" });
+/** Operation sequences of 10 to 160 operations (short ones shrink to readable counterexamples). */
+export const opsArb = fc.array(opArb, { minLength: 10, maxLength: 160, size: "max" });

@@ -7,10 +7,19 @@
 //               order matches the lists; once no process is left, nr_free equals boot's
 //   tables      every table page is PG_table with refcount 1, reachable once; VmPTE = 4 KiB x
 //               (PUD + PMD + PTE tables + deposited tables) of the mm
-//   folios      refcount = PTE maps + PMD maps (+ 1 page-cache ref for shmem); per-page
+//   folios      refcount = PTE maps + PMD maps + 1 page-cache ref for shmem + every GUP
+//               reference (GUP_PIN_COUNTING_BIAS per pin of a small folio, 1 per pin of a
+//               large one, which also counts in _pincount; 1 per pipe buffer); per-page
 //               mapcount = PTE maps; entire and large mapcounts; no allocated folio unreferenced
+//   mm ids      a large folio's mm id slots name distinct mms and never count more mappings
+//               than that mm has; a folio mapped by two mms is marked maybe-shared; a folio
+//               not so marked is mapped by one mm only, whose slot counts every mapping
 //   exclusive   an anon page mapped by two mms is not AnonExclusive; a writable PTE in a
-//               private VMA maps an AnonExclusive page
+//               private VMA maps an AnonExclusive page; under the modern rule a pinned anon
+//               page that is mapped is AnonExclusive (so no other mm can see it change)
+//   rmap        anon_vma chains and trees agree both ways, with their active-VMA and child
+//               counts; rmapWalk of every mapped anon folio finds exactly the mappings the
+//               page tables hold
 //   mappings    every entry lies inside a VMA and agrees with its protection; huge PMDs map
 //               order-9 folios (or the huge zero page) and have a deposited, empty table
 //   RSS         MM_ANONPAGES and MM_SHMEMPAGES equal the mapped pages found
@@ -18,6 +27,7 @@
 //   deferred    queued folios are large anon folios, marked partly mapped or new PMD THPs; every
 //               partly mapped large anon folio is marked and queued
 
+import { FOLL_PIN } from "../mm/gup.ts";
 import type { Kernel } from "../mm/kernel.ts";
 import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, type Mm } from "../mm/mm.ts";
 import {
@@ -32,6 +42,7 @@ import {
   type PageTable,
   PGDIR_SIZE,
 } from "../mm/pgtable.ts";
+import { GUP_PIN_COUNTING_BIAS, rmapWalk } from "../mm/rmap.ts";
 import type { AnonVma, Vma } from "../mm/vma.ts";
 import { VM_ACCESS_FLAGS, VM_EXEC, VM_SHARED, VM_WRITE } from "../mm/vma.ts";
 import {
@@ -40,6 +51,7 @@ import {
   PG_anon_exclusive,
   PG_buddy,
   PG_head,
+  PG_mm_ids_shared,
   PG_partially_mapped,
   PG_reserved,
   PG_shmem,
@@ -59,6 +71,16 @@ class Expect {
   readonly tables = new Set<number>();
   /** heads of the large anon folios found while walking the frames. */
   readonly largeAnon: number[] = [];
+  /** large folio head -> pid -> mappings (PTE + PMD) by that mm. */
+  readonly mmMaps = new Map<number, Map<number, number>>();
+  /** anon folio head -> its mappings as "pid:addr:pfn" (PTE) or "pid:addr:pmd". */
+  readonly anonMaps = new Map<number, string[]>();
+  /** head -> references held by GUP (pins and pipes). */
+  readonly gupRef = new Map<number, number>();
+  /** large folio head -> FOLL_PIN references (_pincount). */
+  readonly pincount = new Map<number, number>();
+  /** pfns under a FOLL_PIN. */
+  readonly pinned = new Set<number>();
 }
 
 function fail(msg: string): never {
@@ -73,13 +95,15 @@ export function audit(k: Kernel): void {
   const ex = new Expect();
   const anonVmaUse = new Map<AnonVma, number>();
   const shmemUse = new Map<number, number>();
+  const live = new Set<Vma>();
+  collectGupRefs(k, ex);
   for (const pid of k.pids()) {
     const mm = k.mm(pid);
     auditVmas(mm, anonVmaUse, shmemUse);
+    for (const v of mm.vmas) live.add(v);
     auditTables(k, mm, ex);
   }
-  for (const [av, n] of anonVmaUse)
-    if (av.vmas !== n) fail(`anon_vma ${av.id} counts ${av.vmas} VMAs, found ${n}`);
+  auditAnonVmas(k, anonVmaUse, live);
   for (const [id, obj] of m.shmemObjects) {
     const n = shmemUse.get(id) ?? 0;
     if (obj.users !== n) fail(`shmem object ${id} has ${obj.users} users, found ${n} VMAs`);
@@ -89,8 +113,11 @@ export function audit(k: Kernel): void {
     if (!m.shmemObjects.has(id)) fail(`VMA refers to freed shmem object ${id}`);
   auditFrames(k, ex);
   auditDeferredSplit(k, ex);
+  auditPins(k, ex);
   if (k.pids().length === 0) {
     if (m.shmemObjects.size !== 0) fail(`${m.shmemObjects.size} shmem objects left after the last exit`);
+    if (m.anonVmas.size !== 0) fail(`${m.anonVmas.size} anon_vmas left after the last exit`);
+    if (m.gupRefs.size !== 0) fail(`${m.gupRefs.size} pins or pipes left after the last exit`);
     for (let o = 0; o < m.buddy.nrFree.length; o++) {
       if (m.buddy.nrFree[o] !== m.buddy.bootNrFree[o]) {
         fail(`after the last exit nr_free[${o}] = ${m.buddy.nrFree[o]}, at boot ${m.buddy.bootNrFree[o]}`);
@@ -107,7 +134,19 @@ function auditVmas(mm: Mm, anonVmaUse: Map<AnonVma, number>, shmemUse: Map<numbe
     }
     if (v.start < prevEnd) fail(`pid ${mm.pid}: VMA at ${hex(v.start)} overlaps the previous one`);
     prevEnd = v.end;
+    if (v.mm !== mm) fail(`pid ${mm.pid}: VMA at ${hex(v.start)} belongs to another mm`);
     if (v.anonVma) anonVmaUse.set(v.anonVma, (anonVmaUse.get(v.anonVma) ?? 0) + 1);
+    if (
+      (v.anonVma === null) !== (v.anonVmaChain.length === 0) ||
+      (v.anonVma && !v.anonVmaChain.includes(v.anonVma))
+    )
+      fail(`pid ${mm.pid}: VMA at ${hex(v.start)}: its anon_vma is not on its chain`);
+    for (const av of v.anonVmaChain) {
+      if (!av.vmas.has(v))
+        fail(`pid ${mm.pid}: VMA at ${hex(v.start)} chains anon_vma ${av.id}, which lacks it`);
+      if (av.parent !== av && !v.anonVmaChain.includes(av.parent))
+        fail(`pid ${mm.pid}: VMA at ${hex(v.start)} chains anon_vma ${av.id} but not its parent`);
+    }
     if (v.shmem) shmemUse.set(v.shmem.id, (shmemUse.get(v.shmem.id) ?? 0) + 1);
   }
 }
@@ -192,6 +231,80 @@ function vmaFor(mm: Mm, addr: number, lo: number, hi: number): Vma {
   return vma;
 }
 
+function addMmMap(ex: Expect, head: number, pid: number): void {
+  let per = ex.mmMaps.get(head);
+  if (per === undefined) {
+    per = new Map();
+    ex.mmMaps.set(head, per);
+  }
+  per.set(pid, (per.get(pid) ?? 0) + 1);
+}
+
+function addAnonMap(ex: Expect, head: number, what: string): void {
+  const l = ex.anonMaps.get(head);
+  if (l === undefined) ex.anonMaps.set(head, [what]);
+  else l.push(what);
+}
+
+/** GUP references by folio, from the machine's pins and pipes. */
+function collectGupRefs(k: Kernel, ex: Expect): void {
+  const m = k.machine;
+  for (const [handle, refs] of m.gupRefs) {
+    if (!k.pids().includes(refs.pid)) fail(`pin or pipe ${handle} outlived process ${refs.pid}`);
+    for (const pfn of refs.pfns) {
+      if (pfn === m.zeroPfn || (pfn >= m.hugeZeroPfn && pfn < m.hugeZeroPfn + 512)) continue;
+      const head = m.memmap.folioHead(pfn);
+      const large = m.memmap.order(head) > 0;
+      let n = 1;
+      if (refs.flags & FOLL_PIN) {
+        ex.pinned.add(pfn);
+        if (large) ex.pincount.set(head, (ex.pincount.get(head) ?? 0) + 1);
+        else n = GUP_PIN_COUNTING_BIAS;
+      }
+      ex.gupRef.set(head, (ex.gupRef.get(head) ?? 0) + n);
+    }
+  }
+}
+
+/** The anon_vma registry against the VMAs: trees, active counts, children. */
+function auditAnonVmas(k: Kernel, active: Map<AnonVma, number>, live: Set<Vma>): void {
+  const m = k.machine;
+  const children = new Map<AnonVma, number>();
+  for (const av of m.anonVmas.values()) {
+    if (av.parent !== av) children.set(av.parent, (children.get(av.parent) ?? 0) + 1);
+    if (av.root !== av.parent.root) fail(`anon_vma ${av.id} has a different root from its parent`);
+  }
+  for (const [id, av] of m.anonVmas) {
+    if (av.id !== id) fail(`anon_vma registered as ${id} is ${av.id}`);
+    if (av.vmas.size === 0) fail(`anon_vma ${id} is linked to no VMA but still registered`);
+    for (const v of av.vmas) {
+      if (!live.has(v)) fail(`anon_vma ${id} is linked to a VMA that left its mm`);
+      if (!v.anonVmaChain.includes(av)) fail(`anon_vma ${id} is linked to a VMA whose chain lacks it`);
+    }
+    if (av.numActiveVmas !== (active.get(av) ?? 0))
+      fail(`anon_vma ${id} counts ${av.numActiveVmas} active VMAs, found ${active.get(av) ?? 0}`);
+    const want = (av.parent === av ? 1 : 0) + (children.get(av) ?? 0);
+    if (av.numChildren !== want) fail(`anon_vma ${id} counts ${av.numChildren} children, found ${want}`);
+  }
+  for (const av of active.keys()) if (!m.anonVmas.has(av.id)) fail(`a VMA uses freed anon_vma ${av.id}`);
+}
+
+/** Pins under the modern rule: a pinned anon page still mapped is exclusive to its mm. */
+function auditPins(k: Kernel, ex: Expect): void {
+  const m = k.machine;
+  if (m.cow !== "modern") return;
+  for (const pfn of ex.pinned) {
+    const head = m.memmap.folioHead(pfn);
+    if (!m.memmap.test(head, PG_anon)) continue;
+    const pmdMapped = (ex.pmdMaps.get(head) ?? 0) > 0;
+    const mapped = (ex.pteMaps.get(pfn) ?? 0) > 0 || pmdMapped;
+    if (!mapped) continue;
+    const bit = pmdMapped && m.memmap.mapcount(pfn) === 0 ? head : pfn;
+    if (!m.memmap.test(bit, PG_anon_exclusive))
+      fail(`pinned anon page ${pfn} is mapped but not AnonExclusive`);
+  }
+}
+
 function addMapper(ex: Expect, pfn: number, pid: number): void {
   const s = ex.mappers.get(pfn);
   if (s === undefined) ex.mappers.set(pfn, new Set([pid]));
@@ -226,6 +339,8 @@ function auditHugePmd(
     fail(`pid ${mm.pid}: anon folio mapped at ${hex(addr)} in a VMA without anon_vma`);
   ex.pmdMaps.set(head, (ex.pmdMaps.get(head) ?? 0) + 1);
   addMapper(ex, head, mm.pid);
+  addMmMap(ex, head, mm.pid);
+  addAnonMap(ex, head, `${mm.pid}:${hex(addr)}:pmd`);
   if (lo & _PAGE_RW && !(vma.flags & VM_SHARED) && !m.memmap.test(head, PG_anon_exclusive)) {
     fail(`pid ${mm.pid}: writable huge PMD at ${hex(addr)} maps a folio that is not AnonExclusive`);
   }
@@ -259,6 +374,7 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
       if (vma.anonVma === null)
         fail(`pid ${mm.pid}: anon page mapped at ${hex(addr)} in a VMA without anon_vma`);
       addMapper(ex, pfn, mm.pid);
+      addAnonMap(ex, head, `${mm.pid}:${hex(addr)}:${pfn}`);
       if (lo & _PAGE_RW && !m.memmap.test(pfn, PG_anon_exclusive)) {
         fail(`pid ${mm.pid}: writable PTE at ${hex(addr)} maps pfn ${pfn}, which is not AnonExclusive`);
       }
@@ -269,6 +385,7 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
         fail(`pid ${mm.pid}: PTE at ${hex(addr)} is not the page-cache page`);
     }
     ex.pteMaps.set(pfn, (ex.pteMaps.get(pfn) ?? 0) + 1);
+    if (m.memmap.order(head) > 0) addMmMap(ex, head, mm.pid);
     rss[anon ? MM_ANONPAGES : MM_SHMEMPAGES]++;
   }
 }
@@ -343,7 +460,7 @@ function auditFolio(k: Kernel, head: number, ex: Expect, shmemPages: Set<number>
     const p = head + i;
     if (i > 0 && (!(mm.flags(p) & PG_tail) || mm.order(p) !== order))
       fail(`page ${p} is not a tail of folio ${head}`);
-    if (i > 2 && mm.ref(p) !== 0) fail(`tail page ${p} has refcount ${mm.ref(p)}`);
+    if (i > 3 && mm.ref(p) !== 0) fail(`tail page ${p} has refcount ${mm.ref(p)}`);
     const want = ex.pteMaps.get(p) ?? 0;
     if (mm.mapcount(p) !== want)
       fail(`pfn ${p} mapcount is ${mm.mapcount(p)}, page tables map it ${want} times`);
@@ -365,9 +482,54 @@ function auditFolio(k: Kernel, head: number, ex: Expect, shmemPages: Set<number>
   }
   const cache = f & PG_shmem ? 1 : 0;
   if (cache === 1 && !shmemPages.has(head)) fail(`shmem folio ${head} is in no page cache`);
-  const want = pteTotal + pmdMaps + cache;
-  if (mm.ref(head) !== want) fail(`folio ${head} refcount ${mm.ref(head)}, expected ${want} (maps + cache)`);
+  const gup = ex.gupRef.get(head) ?? 0;
+  const want = pteTotal + pmdMaps + cache + gup;
+  if (mm.ref(head) !== want)
+    fail(`folio ${head} refcount ${mm.ref(head)}, expected ${want} (maps + cache + ${gup} GUP)`);
   if (want === 0) fail(`folio ${head} is allocated but unreferenced (leak)`);
+  if (order > 1) {
+    const pins = ex.pincount.get(head) ?? 0;
+    if (mm.pincount(head) !== pins) fail(`folio ${head} pincount ${mm.pincount(head)}, ${pins} pins found`);
+    auditMmIds(k, head, ex);
+  }
+  if (f & PG_anon && pteTotal + pmdMaps > 0) auditRmap(k, head, ex);
+}
+
+/** The mm id slots of a large folio against the mappings found per mm. */
+function auditMmIds(k: Kernel, head: number, ex: Expect): void {
+  const mem = k.machine.memmap;
+  const per = ex.mmMaps.get(head) ?? new Map<number, number>();
+  const ids = [mem.mmId(head, 0), mem.mmId(head, 1)];
+  if (ids[0] !== 0 && ids[0] === ids[1]) fail(`folio ${head}: both mm id slots hold mm ${ids[0]}`);
+  for (const slot of [0, 1]) {
+    const id = ids[slot];
+    const c = mem.mmIdMapcount(head, slot);
+    if (id === 0) {
+      if (c !== 0) fail(`folio ${head}: empty mm id slot ${slot} counts ${c}`);
+      continue;
+    }
+    const real = per.get(id) ?? 0;
+    if (c <= 0 || c > real)
+      fail(`folio ${head}: slot ${slot} says mm ${id} maps it ${c} times, found ${real}`);
+  }
+  const shared = mem.test(head, PG_mm_ids_shared);
+  if (per.size > 1 && !shared) fail(`folio ${head} is mapped by ${per.size} mms but not marked maybe-shared`);
+  if (!shared && per.size === 1) {
+    const [[pid, n]] = [...per];
+    const slot = ids.indexOf(pid);
+    if (slot < 0 || mem.mmIdMapcount(head, slot) !== n)
+      fail(`folio ${head} is not marked shared, but mm ${pid}'s slot does not count its ${n} mappings`);
+  }
+}
+
+/** rmapWalk must find exactly the mappings of an anon folio that the page tables hold. */
+function auditRmap(k: Kernel, head: number, ex: Expect): void {
+  const want = (ex.anonMaps.get(head) ?? []).sort();
+  const got = rmapWalk(k.machine, head)
+    .map((h) => `${h.mm.pid}:${hex(h.addr)}:${h.pmd ? "pmd" : h.pfn}`)
+    .sort();
+  if (want.join(" ") !== got.join(" "))
+    fail(`rmapWalk of folio ${head} finds [${got.join(" ")}], the page tables map [${want.join(" ")}]`);
 }
 
 function auditDeferredSplit(k: Kernel, ex: Expect): void {

@@ -2,18 +2,27 @@
 // result and, after every operation, the audit and the full reference comparison. The
 // property test and `vmlab fuzz` generate the operations.
 
-import type { Kernel } from "../mm/kernel.ts";
+import { type Kernel, PIPE_DEF_BUFFERS } from "../mm/kernel.ts";
 import {
+  EFAULT,
+  EINVAL,
+  ENOMEM,
   ERRNO_NAMES,
   isErr,
+  MADV_DOFORK,
+  MADV_DONTFORK,
   MADV_HUGEPAGE,
+  MADV_KEEPONFORK,
   MADV_NOHUGEPAGE,
+  MADV_WIPEONFORK,
   MAP_ANONYMOUS,
   MAP_FIXED,
   MAP_FIXED_NOREPLACE,
   MAP_POPULATE,
   MAP_PRIVATE,
   MAP_SHARED,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
   PAGE_SIZE,
 } from "../uapi.ts";
 import { audit } from "./audit.ts";
@@ -46,7 +55,38 @@ export type AbstractOp =
       len: number;
       prot: number;
     }
-  | { kind: "bad"; proc: number; which: number };
+  | { kind: "bad"; proc: number; which: number }
+  | { kind: "fork"; proc: number }
+  | {
+      kind: "pin";
+      proc: number;
+      vma: number;
+      off: number;
+      len: number;
+      write: boolean;
+      longterm: boolean;
+      fast: boolean;
+    }
+  | { kind: "vmsplice"; proc: number; vma: number; off: number; len: number }
+  | { kind: "unpin"; which: number }
+  | { kind: "pinread"; which: number }
+  | { kind: "piperead"; which: number }
+  | {
+      kind: "mremap";
+      proc: number;
+      vma: number;
+      off: number;
+      len: number;
+      newLen: number;
+      mode: "inplace" | "maymove" | "fixed";
+      target: number;
+    };
+
+/** At most this many processes: fork does nothing beyond it. */
+const MAX_PROCS = 8;
+
+/** The advice the madvise op picks from. */
+const ADVICE = [MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK, MADV_KEEPONFORK];
 
 /** A vmlab and a reference model run in lockstep. */
 export class Lockstep {
@@ -54,7 +94,21 @@ export class Lockstep {
   readonly pids: number[] = [];
   ops = 0;
   /** Outcomes seen, so that a test can show which paths it exercised. */
-  readonly seen = { oom: 0, segv: 0, errno: 0, sharedMaps: 0 };
+  readonly seen = {
+    oom: 0,
+    segv: 0,
+    sigbus: 0,
+    errno: 0,
+    sharedMaps: 0,
+    forks: 0,
+    pins: 0,
+    pipes: 0,
+    gupReads: 0,
+    mremaps: 0,
+  };
+  /** Live pin and pipe handles, in creation order. */
+  private readonly pins: number[] = [];
+  private readonly pipes: number[] = [];
 
   constructor(readonly k: Kernel) {
     this.ref = new RefModel(k.machine.buddy.nrPages);
@@ -71,6 +125,55 @@ export class Lockstep {
     const v = vmas[vma % vmas.length];
     // Up to 8 pages past the end, to reach holes and neighbours.
     return v.start + (off % ((v.end - v.start) / PAGE_SIZE + 8)) * PAGE_SIZE;
+  }
+
+  /** unpin, pinRead or a pipe read on the live handle `which` picks. */
+  private gupOp(kind: "unpin" | "pinread" | "piperead", which: number): void {
+    const k = this.k;
+    const list = kind === "piperead" ? this.pipes : this.pins;
+    // Drop handles whose owner exited (exit released them).
+    const live = new Set(this.ref.gupHandles());
+    for (let i = list.length - 1; i >= 0; i--) if (!live.has(list[i])) list.splice(i, 1);
+    if (list.length === 0) return;
+    const i = which % list.length;
+    const h = list[i];
+    this.seen.gupReads++;
+    if (kind === "pinread") {
+      this.ref.gupRead(h, k.pinRead(h));
+      return;
+    }
+    if (kind === "piperead") this.ref.gupRead(h, k.pipeRead(h));
+    else this.expectRet("unpin", k.unpin(h), 0);
+    this.ref.gupRelease(h);
+    list.splice(i, 1);
+  }
+
+  /**
+   * Tells the reference how far a MREMAP_FIXED that failed with ENOMEM got, from what vmlab
+   * shows, within what Linux allows: a resize unmaps the whole target and the source tail
+   * first; a move VMA by VMA moves a prefix of the source, then unmaps the next piece's
+   * target. The comparison that follows checks everything else.
+   */
+  private failedFixedMremap(pid: number, addr: number, oldLen: number, newLen: number, target: number): void {
+    const mm = this.k.mm(pid);
+    const mapped = (a: number) => mm.vmaLookup(a) !== undefined;
+    const gone = (start: number, end: number) => {
+      for (let a = start; a < end; a += PAGE_SIZE) if (mapped(a)) return false;
+      return end > start;
+    };
+    if (oldLen !== newLen) {
+      if (!gone(target, target + newLen)) return;
+      this.ref.munmap(pid, target, newLen);
+      if (gone(addr + newLen, addr + oldLen)) this.ref.munmap(pid, addr + newLen, oldLen - newLen);
+      return;
+    }
+    let moved = 0;
+    while (moved < oldLen && !mapped(addr + moved)) moved += PAGE_SIZE;
+    if (moved > 0 && this.ref.anyMapped(pid, addr, addr + moved))
+      this.ref.mremap(pid, addr, moved, moved, target, target);
+    let cleared = moved;
+    while (cleared < oldLen && !mapped(target + cleared)) cleared += PAGE_SIZE;
+    if (cleared > moved) this.ref.munmap(pid, target + moved, cleared - moved);
   }
 
   private expectRet(what: string, got: number, want: number): void {
@@ -97,9 +200,72 @@ export class Lockstep {
       this.ref.spawn(pid);
       return;
     }
+    if (op.kind === "unpin" || op.kind === "pinread" || op.kind === "piperead") {
+      this.gupOp(op.kind, op.which);
+      return;
+    }
     const pid = this.pid(op.proc);
     if (pid === undefined) return;
     switch (op.kind) {
+      case "fork": {
+        if (this.pids.length >= MAX_PROCS) return;
+        const child = k.fork(pid);
+        if (child < 0) {
+          this.expectRet("fork", child, -ENOMEM);
+          this.seen.oom++;
+          return;
+        }
+        this.ref.fork(pid, child);
+        this.pids.push(child);
+        this.seen.forks++;
+        return;
+      }
+      case "pin":
+      case "vmsplice": {
+        const addr = this.addr(pid, op.vma, op.off) + (op.off % 3) * 100;
+        const len = op.len * PAGE_SIZE;
+        const pin = op.kind === "pin";
+        const write = pin && op.write;
+        const longterm = pin && op.longterm;
+        const ret = pin
+          ? k.pin(pid, addr, len, { write, longterm, fast: op.fast })
+          : k.vmsplice(pid, addr, len);
+        const pages = ret > 0 ? k.pinned(ret) : 0;
+        const oom = (ret > 0 ? -k.gupStoppedBy(ret) : ret) === -ENOMEM;
+        const max = pin ? Infinity : PIPE_DEF_BUFFERS;
+        this.ref.gup(pid, addr, len, { pin, write, longterm, max }, ret, pages, oom);
+        if (oom) this.seen.oom++;
+        if (ret > 0) {
+          (pin ? this.pins : this.pipes).push(ret);
+          if (pin) this.seen.pins++;
+          else this.seen.pipes++;
+        }
+        return;
+      }
+      case "mremap": {
+        const addr = this.addr(pid, op.vma, op.off);
+        const oldLen = op.len * PAGE_SIZE;
+        const newLen = op.newLen * PAGE_SIZE;
+        const flags =
+          op.mode === "inplace" ? 0 : op.mode === "maymove" ? MREMAP_MAYMOVE : MREMAP_MAYMOVE | MREMAP_FIXED;
+        const target = op.mode === "fixed" ? this.addr(pid, op.target, op.off * 7) : 0;
+        const ret = k.mremap(pid, addr, oldLen, newLen, flags, target);
+        if (isErr(ret)) {
+          this.seen.errno++;
+          // The errno rows are checked against the live kernel in mremap.test.ts. Here a
+          // failed call must leave everything as it was, which the next comparison checks, with
+          // the exceptions Linux makes too: MREMAP_FIXED unmaps the target (and shrinks the
+          // source) before move_vma can still fail with ENOMEM, and a multi-VMA move
+          // (remap_move) keeps the VMAs it moved before the one that failed.
+          if (ret !== -EFAULT && ret !== -EINVAL && ret !== -ENOMEM) this.expectRet("mremap", ret, -EINVAL);
+          if (op.mode === "fixed" && ret === -ENOMEM)
+            this.failedFixedMremap(pid, addr, oldLen, newLen, target);
+          return;
+        }
+        this.ref.mremap(pid, addr, oldLen, newLen, op.mode === "fixed" ? target : null, ret);
+        this.seen.mremaps++;
+        return;
+      }
       case "exit":
         k.exit(pid);
         this.ref.exit(pid);
@@ -147,9 +313,10 @@ export class Lockstep {
       }
       case "madvise": {
         const addr = this.addr(pid, op.vma, op.off);
-        const advice = op.prot & 1 ? MADV_HUGEPAGE : MADV_NOHUGEPAGE;
+        const advice = ADVICE[op.prot % ADVICE.length];
         const len = op.len * PAGE_SIZE;
-        this.expectRet("madvise", k.madvise(pid, addr, len, advice), this.ref.madvise(pid, addr, len));
+        const ret = k.madvise(pid, addr, len, advice);
+        this.expectRet("madvise", ret, this.ref.madvise(pid, addr, len, RefModel.forkAdvice(advice)));
         return;
       }
       case "read":
@@ -159,7 +326,8 @@ export class Lockstep {
         const len = op.len * PAGE_SIZE - (op.prot % 2) * 50;
         const got = op.kind === "write" ? k.write(pid, addr, len) : k.read(pid, addr, len);
         if (got.oom) this.seen.oom++;
-        if (got.signal) this.seen.segv++;
+        if (got.signal === "SIGSEGV") this.seen.segv++;
+        if (got.signal === "SIGBUS") this.seen.sigbus++;
         this.ref.access(pid, addr, len, op.kind === "write", got);
         return;
       }

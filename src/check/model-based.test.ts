@@ -3,7 +3,7 @@
 
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { machineArb, opsArb, runCase } from "./arbitraries.ts";
+import { machineArb, machineArbOf, opsArb, runCase } from "./arbitraries.ts";
 
 let totalOps = 0;
 /** Event counts summed over all runs, to show which mechanisms the runs reached. */
@@ -18,7 +18,23 @@ describe("vmlab against the reference model", () => {
         const counts = { ...run.k.machine.stat.snapshot(), ...run.seen };
         for (const [name, n] of Object.entries(counts)) reached[name] = (reached[name] ?? 0) + n;
       }),
-      { numRuns: Number(process.env.VMLAB_FUZZ_RUNS ?? 100), seed: 20261122 },
+      { numRuns: Number(process.env.VMLAB_FUZZ_RUNS ?? 150), seed: 20261122 },
+    );
+  });
+
+  it("finds the pre-5.8 rule's isolation failures under cow legacy: a pin or pipe sees the wrong page", () => {
+    // Same generator, same checks: only the reuse rule differs. The reference model states
+    // what Linux promises to a pin and a pipe, and the legacy rule breaks that promise.
+    const details = fc.check(
+      fc.property(machineArbOf("legacy"), opsArb, (mc, ops) => {
+        runCase(mc, ops);
+      }),
+      { numRuns: 300, seed: 1, endOnFailure: true },
+    );
+    expect(details.failed).toBe(true);
+    const msg = details.errorInstance instanceof Error ? details.errorInstance.message : "";
+    expect(msg).toMatch(
+      /^reference: (pin|pipe) \d+ page \d+ reads \d+, (the pinned page holds|which that page never held)/,
     );
   });
 
@@ -39,6 +55,18 @@ describe("vmlab against the reference model", () => {
       "segv",
       "errno",
       "sharedMaps",
+      "forks",
+      "fork_page_copy",
+      "cow_copy",
+      "cow_reuse",
+      "pins",
+      "pipes",
+      "gupReads",
+      "gup_fast",
+      "gup_unshare",
+      "unpin",
+      "mremaps",
+      "sigbus",
     ]) {
       expect(reached[path] ?? 0, path).toBeGreaterThan(0);
     }

@@ -2,7 +2,8 @@
 // anonymous THP faults, the huge zero page, PMD split, zap and protection change.
 
 import { PG_anon, PG_anon_exclusive, PG_dirty, PG_lru, PG_swapbacked } from "../phys/memmap.ts";
-import { PMD_SIZE } from "../uapi.ts";
+import { EAGAIN, ENOMEM, PMD_SIZE } from "../uapi.ts";
+import { legacyCanReuse } from "./memory.ts";
 import { MM_ANONPAGES, type Mm } from "./mm.ts";
 import { isPmdLeaf, populate } from "./pgalloc.ts";
 import {
@@ -25,12 +26,15 @@ import {
   deferredSplitFolio,
   folioAddNewAnonRmap,
   folioAddRmapPtes,
+  folioMoveAnonRmap,
   folioRemoveRmapPmd,
+  folioTryDupAnonRmapPmd,
 } from "./rmap.ts";
 import { VM_HUGEPAGE, VM_NOHUGEPAGE, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
 import { EV } from "./vmstat.ts";
 
 export const VM_FAULT_OOM = 0x000001;
+export const VM_FAULT_SIGBUS = 0x000002;
 export const VM_FAULT_SIGSEGV = 0x000040;
 export const VM_FAULT_FALLBACK = 0x000800;
 
@@ -82,12 +86,12 @@ function allocAnonFolioPmd(mm: Mm): number {
  * map_anon_folio_pmd: maps a new PMD THP at PMD entry i, dirty always and writable if VM_WRITE
  * (maybe_pmd_mkwrite(pmd_mkdirty(entry))), and queues it for the underused-THP shrinker.
  */
-function mapAnonFolioPmd(mm: Mm, vma: Vma, pmd: PageTable, i: number, pfn: number): void {
+function mapAnonFolioPmd(mm: Mm, vma: Vma, pmd: PageTable, i: number, pfn: number, haddr: number): void {
   const m = mm.machine;
   const w = vma.flags & VM_WRITE ? _PAGE_RW : 0;
   const [lo, hi] = mkHugePmd(vma, pfn, w | _PAGE_DIRTY);
   pmd.set(i, lo, hi);
-  folioAddNewAnonRmap(m, pfn, HPAGE_PMD_ORDER, true);
+  folioAddNewAnonRmap(mm, vma, pfn, HPAGE_PMD_ORDER, haddr, true);
   deferredSplitFolio(m, pfn, HPAGE_PMD_ORDER, false);
   mm.rss[MM_ANONPAGES] += HPAGE_PMD_NR;
   m.stat.inc(EV.pmd_write);
@@ -132,17 +136,27 @@ export function doHugePmdAnonymousPage(
     if (m.stat.get("thp_zero_page_alloc") === 0) m.stat.inc(EV.thp_zero_page_alloc);
     return 0;
   }
-  mapAnonFolioPmd(mm, vma, pmd, i, folio);
+  mapAnonFolioPmd(mm, vma, pmd, i, folio, Math.floor(addr / PMD_SIZE) * PMD_SIZE);
   return 0;
 }
 
 /**
- * do_huge_pmd_wp_page: a write fault on a read-only huge PMD. On the huge zero page a new THP
- * replaces it (do_huge_zero_wp_pmd); an exclusive anon folio is reused. Otherwise, or when no
- * THP can be allocated, the PMD is split and VM_FAULT_FALLBACK sends the fault to the PTE level.
+ * do_huge_pmd_wp_page: a write fault (or an unshare fault) on a read-only huge PMD. On the huge
+ * zero page a new THP replaces it (do_huge_zero_wp_pmd). An anon folio that is
+ * PageAnonExclusive, or whose only reference is this PMD, is reused (an unshare stops after
+ * marking it exclusive). Otherwise, or when no THP can be allocated, the PMD is split in this
+ * mm only and VM_FAULT_FALLBACK sends the fault to the PTE level, which copies 4 KiB.
  */
-export function doHugePmdWpPage(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: number): number {
+export function doHugePmdWpPage(
+  mm: Mm,
+  vma: Vma,
+  pmd: PageTable,
+  i: number,
+  addr: number,
+  unshare: boolean,
+): number {
   const m = mm.machine;
+  const mem = m.memmap;
   const pfn = entryPfn(pmd.lo(i), pmd.hi(i));
   const haddr = Math.floor(addr / PMD_SIZE) * PMD_SIZE;
   if (pfn === m.hugeZeroPfn) {
@@ -150,13 +164,26 @@ export function doHugePmdWpPage(mm: Mm, vma: Vma, pmd: PageTable, i: number, add
     if (folio >= 0) {
       pmd.clear(i); // pmdp_huge_clear_flush; the deposited table stays
       m.stat.inc(EV.tlb_flush);
-      mapAnonFolioPmd(mm, vma, pmd, i, folio);
+      mapAnonFolioPmd(mm, vma, pmd, i, folio, haddr);
       return 0;
     }
-  } else if (m.memmap.test(pfn, PG_anon_exclusive)) {
-    pmd.set(i, (pmd.lo(i) | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED) >>> 0, pmd.hi(i));
-    m.stat.inc(EV.pmd_write);
-    return 0;
+  } else {
+    let reuse: boolean;
+    if (m.cow === "legacy") reuse = legacyCanReuse(m, pfn);
+    else if (mem.test(pfn, PG_anon_exclusive)) reuse = true;
+    else if (mem.ref(pfn) === 1) {
+      folioMoveAnonRmap(m, pfn, vma);
+      reuse = true;
+    } else reuse = false;
+    if (reuse) {
+      mem.set(pfn, PG_anon_exclusive);
+      if (unshare) return 0;
+      const w = vma.flags & VM_WRITE ? _PAGE_RW : 0;
+      pmd.set(i, (pmd.lo(i) | w | _PAGE_DIRTY | _PAGE_ACCESSED) >>> 0, pmd.hi(i));
+      m.stat.inc(EV.pmd_write);
+      m.stat.inc(EV.cow_reuse);
+      return 0;
+    }
   }
   splitHugePmd(mm, vma, pmd, i, haddr);
   return VM_FAULT_FALLBACK;
@@ -190,9 +217,9 @@ export function splitHugePmd(mm: Mm, vma: Vma, pmd: PageTable, i: number, haddr:
     if (lo & _PAGE_DIRTY) mmap.set(head, PG_dirty);
     mmap.addRef(head, HPAGE_PMD_NR - 1);
     m.stat.inc(EV.ref_update);
-    folioAddRmapPtes(m, head, head, HPAGE_PMD_NR, exclusive);
+    folioAddRmapPtes(mm, head, head, HPAGE_PMD_NR, exclusive);
     for (let j = 0; j < HPAGE_PMD_NR; j++) pte.set(j, mkLo(head + j, base | bits), mkHi(head + j, nx));
-    folioRemoveRmapPmd(m, head);
+    folioRemoveRmapPmd(mm, head);
     if (!mmap.test(head, PG_anon)) throw new Error(`splitHugePmd: folio ${head} is not anon`);
   }
   m.stat.inc(EV.pte_write, HPAGE_PMD_NR);
@@ -215,7 +242,7 @@ export function zapHugePmd(mm: Mm, pmd: PageTable, i: number): void {
   m.freeTable(deposit); // zap_deposited_table
   mm.pgtablesBytes -= 4096;
   if (head === m.hugeZeroPfn) return;
-  folioRemoveRmapPmd(m, head);
+  folioRemoveRmapPmd(mm, head);
   mm.rss[MM_ANONPAGES] -= HPAGE_PMD_NR;
   m.folioPut(head);
 }
@@ -236,4 +263,43 @@ export function changeHugePmd(mm: Mm, vma: Vma, pmd: PageTable, i: number): void
     pmd.set(i, nlo, nhi);
     m.stat.inc(EV.pmd_write);
   }
+}
+
+/**
+ * copy_huge_pmd: at fork, copies the huge PMD entry i of src (covering addr) into entry i of
+ * dst, with a new deposited table for the child, both entries write-protected and the child's
+ * old. The huge zero page is shared as it is. Returns 0, -ENOMEM, or -EAGAIN when the folio
+ * may be pinned: the parent's PMD was then split and the caller copies its PTEs instead.
+ */
+export function copyHugePmd(
+  dst: Mm,
+  src: Mm,
+  dpmd: PageTable,
+  spmd: PageTable,
+  i: number,
+  srcVma: Vma,
+  addr: number,
+): number {
+  const m = dst.machine;
+  const deposit = m.allocTable("pte");
+  if (deposit === null) return -ENOMEM;
+  const lo = spmd.lo(i);
+  const head = spmd.pfnAt(i);
+  if (head !== m.hugeZeroPfn) {
+    m.memmap.addRef(head, 1);
+    if (!folioTryDupAnonRmapPmd(dst, src, head)) {
+      m.memmap.addRef(head, -1);
+      m.freeTable(deposit);
+      splitHugePmd(src, srcVma, spmd, i, addr);
+      return -EAGAIN;
+    }
+    dst.rss[MM_ANONPAGES] += HPAGE_PMD_NR;
+  }
+  dpmd.setChild(i, deposit); // pgtable_trans_huge_deposit
+  dst.pgtablesBytes += 4096;
+  const wp = (lo & ~_PAGE_RW) >>> 0;
+  if (wp !== lo) spmd.set(i, wp, spmd.hi(i)); // pmdp_set_wrprotect
+  dpmd.set(i, (wp & ~_PAGE_ACCESSED) >>> 0, spmd.hi(i)); // pmd_mkold
+  m.stat.inc(EV.pmd_write, 2);
+  return 0;
 }

@@ -1,18 +1,23 @@
 // The kernel as a user program sees it: processes, their syscalls, and their memory accesses.
 // This is vmlab's public model API; scenarios, tests and benchmarks drive it.
 
-import { ENOMEM, PAGE_SIZE, PMD_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
-import { VM_FAULT_OOM } from "./huge-memory.ts";
-import { defaultThpConfig, Machine, type ThpConfig } from "./machine.ts";
+import { EINVAL, ENOMEM, PAGE_SIZE, PMD_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
+import { dupMmap } from "./fork.ts";
+import { perPte } from "./fork-per-pte.ts";
+import { FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, getUserPages, gupPutFolio } from "./gup.ts";
+import { VM_FAULT_OOM, VM_FAULT_SIGBUS } from "./huge-memory.ts";
+import { type CowReuse, defaultThpConfig, Machine, type ThpConfig } from "./machine.ts";
 import { sysMadvise } from "./madvise.ts";
 import { FAULT_FLAG_WRITE, freePgtables, handleMmFault, unmapPageRange } from "./memory.ts";
 import { Mm } from "./mm.ts";
 import { doMmap, sysMunmap } from "./mmap.ts";
 import { mmuTranslate, pteTableOf } from "./mmu.ts";
 import { sysMprotect } from "./mprotect.ts";
+import { sysMremap } from "./mremap.ts";
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, type PageTable } from "./pgtable.ts";
 import { VM_ACCESS_FLAGS, VM_WRITE } from "./vma.ts";
 import { releaseVma } from "./vma-ops.ts";
+import { EV } from "./vmstat.ts";
 
 /**
  * mmap_base: TASK_SIZE minus the 128 MiB minimum stack gap.
@@ -24,6 +29,8 @@ export interface KernelConfig {
   /** Simulated RAM in bytes (default 4 GiB). */
   ramBytes?: number;
   thp?: Partial<ThpConfig>;
+  /** The COW reuse rule: "modern" (Linux 6.18, the default) or "legacy" (before 5.8). */
+  cow?: CowReuse;
 }
 
 /**
@@ -37,9 +44,19 @@ export interface AccessResult {
   pages: number;
   tags: number[];
   firstTag: number;
-  signal: "SIGSEGV" | null;
+  signal: "SIGSEGV" | "SIGBUS" | null;
   oom: boolean;
 }
+
+/** How pin() takes its pages: FOLL_WRITE, FOLL_LONGTERM, and the fast path first. */
+export interface PinOptions {
+  write?: boolean;
+  longterm?: boolean;
+  fast?: boolean;
+}
+
+/** PIPE_DEF_BUFFERS: the pages one pipe holds (64 KiB). */
+export const PIPE_DEF_BUFFERS = 16;
 
 export interface VmaInfo {
   start: number;
@@ -52,11 +69,16 @@ export class Kernel {
   readonly machine: Machine;
   private readonly tasks = new Map<number, Mm>();
   private nextPid = 1;
+  private nextHandle = 1;
 
   /** Boots a machine. RAM defaults to 4 GiB and THP to Linux 6.18's defaults. */
   constructor(config: KernelConfig = {}) {
     const thp = { ...defaultThpConfig(), ...config.thp };
-    this.machine = new Machine({ ramBytes: config.ramBytes ?? 4 * 2 ** 30, thp });
+    this.machine = new Machine({
+      ramBytes: config.ramBytes ?? 4 * 2 ** 30,
+      thp,
+      cow: config.cow ?? "modern",
+    });
   }
 
   /** Creates a process with an empty address space (mm_alloc). Returns its pid, or -ENOMEM. */
@@ -103,6 +125,109 @@ export class Kernel {
       throw new Error(`exit: pid ${pid} left ${mm.pgtablesBytes} bytes of page tables`);
     this.machine.freeTable(mm.pgd);
     this.tasks.delete(pid);
+    // exit_files: the process's pins (io_uring buffers) and pipes go with its files.
+    for (const [handle, refs] of this.machine.gupRefs) if (refs.pid === pid) this.release(handle);
+  }
+
+  /**
+   * fork(): a new process whose address space is a copy of pid's (dup_mmap with the per-PTE
+   * copy). Returns the child's pid, or -ENOMEM, in which case the half-built child is torn
+   * down (as mmput does) and the parent's entries stay write-protected, as in Linux.
+   */
+  fork(pid: number): number {
+    const parent = this.mm(pid);
+    this.machine.stat.inc(EV.syscall);
+    const child = this.createProcess();
+    if (child < 0) return child;
+    const r = dupMmap(this.mm(child), parent, perPte);
+    if (r < 0) {
+      this.exit(child);
+      return r;
+    }
+    return child;
+  }
+
+  /**
+   * pin_user_pages(_fast): FOLL_PIN references on the pages covering [addr, addr + len) of pid,
+   * read-only unless opts.write, FOLL_LONGTERM with opts.longterm, through gup_fast first with
+   * opts.fast. Returns a handle (> 0) for the pages pinned, which may be fewer than asked
+   * (pinned(handle) says how many) when a page could not be pinned; -EFAULT or -ENOMEM when
+   * none was; -EINVAL for an empty range.
+   */
+  pin(pid: number, addr: number, len: number, opts: PinOptions = {}): number {
+    const flags = FOLL_PIN | (opts.write ? FOLL_WRITE : 0) | (opts.longterm ? FOLL_LONGTERM : 0);
+    return this.gup(pid, addr, len, flags, opts.fast ?? false, Number.POSITIVE_INFINITY);
+  }
+
+  /**
+   * vmsplice(fd, iov, 1, 0) into a new pipe: takes FOLL_GET references (get_user_pages_fast,
+   * read-only, no unshare) on up to PIPE_DEF_BUFFERS pages covering [addr, addr + len), which
+   * the pipe keeps until pipeRead. Returns the pipe's handle, or -errno as pin() does.
+   * Differs from Linux: each call gets its own pipe; a longer range is spliced short, as a
+   * non-blocking vmsplice into a full pipe is.
+   */
+  vmsplice(pid: number, addr: number, len: number): number {
+    return this.gup(pid, addr, len, FOLL_GET, true, PIPE_DEF_BUFFERS);
+  }
+
+  private gup(pid: number, addr: number, len: number, flags: number, fast: boolean, max: number): number {
+    const mm = this.mm(pid);
+    this.machine.stat.inc(EV.syscall); // vmsplice, or the call that pins (io_uring_register, ...)
+    if (len <= 0) return -EINVAL;
+    const first = Math.floor(addr / PAGE_SIZE) * PAGE_SIZE;
+    const nr = Math.min(max, Math.ceil((addr + len) / PAGE_SIZE) - first / PAGE_SIZE);
+    const r = getUserPages(mm, first, nr, flags, fast);
+    if (r.pfns.length === 0) return -r.errno;
+    const handle = this.nextHandle++;
+    this.machine.gupRefs.set(handle, { pid, flags, pfns: r.pfns, errno: r.errno });
+    return handle;
+  }
+
+  /** The number of pages a pin or pipe handle holds, or -EINVAL for an unknown handle. */
+  pinned(handle: number): number {
+    return this.machine.gupRefs.get(handle)?.pfns.length ?? -EINVAL;
+  }
+
+  /**
+   * Why the GUP call that made a handle took fewer pages than asked: 0 (it did not), EFAULT or
+   * ENOMEM. Linux returns the short count and drops the errno; vmlab keeps it for its checks.
+   */
+  gupStoppedBy(handle: number): number {
+    return this.machine.gupRefs.get(handle)?.errno ?? 0;
+  }
+
+  /** What the pinned pages hold now, one content tag per page. */
+  pinRead(handle: number): number[] {
+    const refs = this.machine.gupRefs.get(handle);
+    if (refs === undefined || !(refs.flags & FOLL_PIN)) throw new Error(`pinRead: no pin ${handle}`);
+    return refs.pfns.map((pfn) => this.machine.memmap.tag(pfn));
+  }
+
+  /** unpin_user_pages: releases a pin. Returns 0, or -EINVAL for an unknown handle. */
+  unpin(handle: number): number {
+    const refs = this.machine.gupRefs.get(handle);
+    if (refs === undefined || !(refs.flags & FOLL_PIN)) return -EINVAL;
+    this.release(handle);
+    return 0;
+  }
+
+  /**
+   * read(2) of a vmsplice pipe: the content of the spliced pages now (one tag per page), after
+   * which the pipe buffers release their pages. Throws for an unknown pipe (a caller bug).
+   */
+  pipeRead(handle: number): number[] {
+    const refs = this.machine.gupRefs.get(handle);
+    if (refs === undefined || refs.flags & FOLL_PIN) throw new Error(`pipeRead: no pipe ${handle}`);
+    const tags = refs.pfns.map((pfn) => this.machine.memmap.tag(pfn));
+    this.release(handle);
+    return tags;
+  }
+
+  private release(handle: number): void {
+    const refs = this.machine.gupRefs.get(handle);
+    if (refs === undefined) return;
+    this.machine.gupRefs.delete(handle);
+    for (const pfn of refs.pfns) gupPutFolio(this.machine, pfn, refs.flags);
   }
 
   /** mmap(2) for anonymous memory. Returns the address or -errno. */
@@ -117,7 +242,11 @@ export class Kernel {
   mprotect(pid: number, addr: number, len: number, prot: number): number {
     return sysMprotect(this.mm(pid), addr, len, prot);
   }
-  /** madvise(2) with MADV_NORMAL, MADV_HUGEPAGE or MADV_NOHUGEPAGE. Returns 0 or -errno. */
+  /** mremap(2): shrink, grow or move [addr, addr + oldLen) (mremap.ts). Returns the new address or -errno. */
+  mremap(pid: number, addr: number, oldLen: number, newLen: number, flags: number, newAddr = 0): number {
+    return sysMremap(this.mm(pid), addr, oldLen, newLen, flags, newAddr);
+  }
+  /** madvise(2) with advice that changes VMA flags only (see madvise.ts). Returns 0 or -errno. */
   madvise(pid: number, addr: number, len: number, advice: number): number {
     return sysMadvise(this.mm(pid), addr, len, advice);
   }
@@ -205,7 +334,8 @@ export class Kernel {
  * The arch fault handler for a user access at addr (kept out of the access loop so that the
  * loop stays small): SIGSEGV outside a VMA or against its rights (x86's access_error: a write
  * needs VM_WRITE, a read any of VM_READ, VM_WRITE, VM_EXEC), else handleMmFault. Returns false
- * when the access must stop, with res.signal or res.oom set.
+ * when the access must stop, with res.signal or res.oom set (SIGBUS past the end of a shmem
+ * object).
  */
 function userFault(mm: Mm, addr: number, write: boolean, res: AccessResult): boolean {
   const vma = mm.vmaLookup(addr);
@@ -213,7 +343,12 @@ function userFault(mm: Mm, addr: number, write: boolean, res: AccessResult): boo
     res.signal = "SIGSEGV";
     return false;
   }
-  if (handleMmFault(mm, vma, addr, write ? FAULT_FLAG_WRITE : 0) & VM_FAULT_OOM) {
+  const ret = handleMmFault(mm, vma, addr, write ? FAULT_FLAG_WRITE : 0);
+  if (ret & VM_FAULT_SIGBUS) {
+    res.signal = "SIGBUS";
+    return false;
+  }
+  if (ret & VM_FAULT_OOM) {
     // Differs from Linux: no reclaim and no OOM killer yet; the access stops here and reports
     // VM_FAULT_OOM, with everything the fault had begun unwound.
     res.oom = true;

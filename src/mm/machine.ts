@@ -3,8 +3,10 @@
 
 import { BuddyAllocator } from "../phys/buddy.ts";
 import { type MemMap, PG_reserved, PG_table, SECTION_SHIFT } from "../phys/memmap.ts";
+import type { GupRefs } from "./gup.ts";
 import { HPAGE_PMD_ORDER, PageTable } from "./pgtable.ts";
 import type { ShmemObject } from "./shmem.ts";
+import type { AnonVma } from "./vma.ts";
 import { EV, VmStat } from "./vmstat.ts";
 
 export type ThpGlobal = "always" | "madvise" | "never";
@@ -19,9 +21,18 @@ export interface ThpConfig {
   useZeroPage: boolean;
 }
 
+/**
+ * The COW reuse rule (cow.reuse): "modern" is Linux 6.18 (PageAnonExclusive, refcount-based
+ * reuse, unshare faults for R/O pins, pinned pages copied at fork); "legacy" is the rule
+ * before 5.8: a write fault reuses a page that only one PTE maps, whoever else holds a
+ * reference, and GUP neither unshares nor copies at fork. Legacy leaks (CVE-2020-29374).
+ */
+export type CowReuse = "modern" | "legacy";
+
 export interface MachineConfig {
   ramBytes: number;
   thp: ThpConfig;
+  cow: CowReuse;
 }
 
 /** Linux 6.18 defaults on our machines: global madvise, 2048kB inherit, other sizes never. */
@@ -41,6 +52,15 @@ export class Machine {
   /** Large folios on the deferred split queue (head pfns, in queueing order). */
   readonly deferredSplit = new Set<number>();
   readonly shmemObjects = new Map<number, ShmemObject>();
+  /** Live anon_vmas by id: folio->mapping of an anon folio names one of them. */
+  readonly anonVmas = new Map<number, AnonVma>();
+  /**
+   * References user pages hold for the kernel, by handle: FOLL_PIN pins and FOLL_GET pipe
+   * buffers (vmsplice). The audit counts them into refcounts.
+   */
+  readonly gupRefs = new Map<number, GupRefs>();
+  /** The COW reuse rule in force. */
+  readonly cow: CowReuse;
   /** huge_anon_orders_always / _madvise / _inherit: the per-size sysfs policy as order masks. */
   readonly hugeAnonOrdersAlways: number;
   readonly hugeAnonOrdersMadvise: number;
@@ -50,6 +70,7 @@ export class Machine {
 
   constructor(config: MachineConfig) {
     this.config = config;
+    this.cow = config.cow;
     const masks = { always: 0, madvise: 0, inherit: 0, never: 0 };
     for (const [order, policy] of Object.entries(config.thp.orders)) {
       if (policy !== undefined) masks[policy] |= 1 << Number(order);
@@ -131,6 +152,9 @@ export class Machine {
     if (t.used !== 0)
       throw new Error(`freeTable: ${t.level} table at pfn ${t.pfn} still has ${t.used} entries`);
     this.stat.inc(EV.pgtable_free);
-    this.folioPut(t.pfn);
+    // A table is not a folio: free its frame without counting folio_free (pgtable_free did).
+    this.memmap.addRef(t.pfn, -1);
+    this.memmap.clearFolio(t.pfn, 0);
+    this.buddy.free(t.pfn, 0);
   }
 }

@@ -1,30 +1,70 @@
-// madvise (mm/madvise.c): MADV_NORMAL, MADV_HUGEPAGE and MADV_NOHUGEPAGE. The other advice
-// arrives with reclaim.
+// madvise (mm/madvise.c): the advice that only changes VMA flags: MADV_NORMAL, MADV_HUGEPAGE,
+// MADV_NOHUGEPAGE, MADV_DONTFORK/DOFORK and MADV_WIPEONFORK/KEEPONFORK. The advice that changes
+// memory arrives with reclaim.
 
 import {
   addU64,
   EAGAIN,
   EINVAL,
   ENOMEM,
+  MADV_DOFORK,
+  MADV_DONTFORK,
   MADV_HUGEPAGE,
+  MADV_KEEPONFORK,
   MADV_NOHUGEPAGE,
   MADV_NORMAL,
+  MADV_WIPEONFORK,
   PAGE_SIZE,
   pageAlignU64,
 } from "../uapi.ts";
 import type { Mm } from "./mm.ts";
-import { VM_HUGEPAGE, VM_NOHUGEPAGE } from "./vma.ts";
+import { VM_DONTCOPY, VM_HUGEPAGE, VM_NOHUGEPAGE, VM_SHARED, VM_WIPEONFORK, type Vma } from "./vma.ts";
 import { vmaModifyFlags } from "./vma-ops.ts";
 import { EV } from "./vmstat.ts";
 
 /** madvise_behavior_valid for the advice vmlab models. */
 function behaviorValid(advice: number): boolean {
-  return advice === MADV_NORMAL || advice === MADV_HUGEPAGE || advice === MADV_NOHUGEPAGE;
+  return [
+    MADV_NORMAL,
+    MADV_HUGEPAGE,
+    MADV_NOHUGEPAGE,
+    MADV_DONTFORK,
+    MADV_DOFORK,
+    MADV_WIPEONFORK,
+    MADV_KEEPONFORK,
+  ].includes(advice);
+}
+
+/**
+ * madvise_vma_behavior's flag change for one VMA: the new vm_flags, or -EINVAL
+ * (MADV_WIPEONFORK on a shared or file mapping).
+ */
+function newVmFlags(vma: Vma, advice: number): number {
+  const f = vma.flags;
+  switch (advice) {
+    case MADV_HUGEPAGE:
+      return (f & ~VM_NOHUGEPAGE) | VM_HUGEPAGE;
+    case MADV_NOHUGEPAGE:
+      return (f & ~VM_HUGEPAGE) | VM_NOHUGEPAGE;
+    case MADV_DONTFORK:
+      return f | VM_DONTCOPY;
+    case MADV_DOFORK:
+      return f & ~VM_DONTCOPY;
+    case MADV_WIPEONFORK:
+      // Only supported on anonymous memory.
+      if (vma.shmem !== null || f & VM_SHARED) return -EINVAL;
+      return f | VM_WIPEONFORK;
+    case MADV_KEEPONFORK:
+      return f & ~VM_WIPEONFORK;
+    default:
+      return f;
+  }
 }
 
 /**
  * do_madvise: applies advice to every VMA part of [start, start + len). Errors: EINVAL for an
- * unknown advice, an unaligned start or an overflowing range; ENOMEM when part of the range is
+ * unknown advice, an unaligned start or an overflowing range, or MADV_WIPEONFORK reaching a
+ * shared VMA (returned at once, the VMAs before it changed); ENOMEM when part of the range is
  * unmapped (reported after the mapped parts were advised), or when a split passes
  * vm.max_map_count. A zero length succeeds.
  */
@@ -48,9 +88,8 @@ export function sysMadvise(mm: Mm, start: number, len: number, advice: number): 
     if (vma.start > addr) unmapped = true;
     const from = Math.max(addr, vma.start);
     const to = Math.min(end, vma.end);
-    let flags = vma.flags;
-    if (advice === MADV_HUGEPAGE) flags = (flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE;
-    else if (advice === MADV_NOHUGEPAGE) flags = (flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE;
+    const flags = newVmFlags(vma, advice);
+    if (flags < 0) return flags;
     if (flags !== vma.flags) {
       // madvise_update_vma: a split failing at vm.max_map_count is reported as EAGAIN.
       const r = vmaModifyFlags(mm, vma, from, to, flags);

@@ -15,14 +15,17 @@ import {
   thpVmaSuitableOrder,
   VM_FAULT_FALLBACK,
   VM_FAULT_OOM,
+  VM_FAULT_SIGBUS,
   zapHugePmd,
 } from "./huge-memory.ts";
+import type { Machine } from "./machine.ts";
 import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
 import { freePgdRange, isPmdLeaf, pmdAlloc, pmdOffset, pteAlloc, pudAlloc } from "./pgalloc.ts";
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
   _PAGE_RW,
+  _PAGE_SOFT_DIRTY,
   _PAGE_SPECIAL,
   HPAGE_PMD_ORDER,
   mkHi,
@@ -33,12 +36,24 @@ import {
   pteIndex,
   pteMapped,
 } from "./pgtable.ts";
-import { anonVmaPrepare, folioAddNewAnonRmap, folioAddRmapPtes, folioRemoveRmapPtes } from "./rmap.ts";
+import {
+  anonVmaPrepare,
+  folioAddNewAnonRmap,
+  folioAddRmapPtes,
+  folioMaybeMappedShared,
+  folioMoveAnonRmap,
+  folioRemoveRmapPtes,
+} from "./rmap.ts";
 import { shmemGetFolio } from "./shmem.ts";
-import { VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
+import { VM_MAYSHARE, VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
 import { EV } from "./vmstat.ts";
 
 export const FAULT_FLAG_WRITE = 0x01;
+/**
+ * FAULT_FLAG_UNSHARE: GUP found a shared anon page (or the zero page) under a R/O pin; the
+ * fault must make the page exclusive without making it writable.
+ */
+export const FAULT_FLAG_UNSHARE = 0x400;
 
 /** fault_around_bytes default: read faults on file/shmem mappings map up to 64 KiB around. */
 const FAULT_AROUND_PAGES = 16;
@@ -52,6 +67,7 @@ export function handleMmFault(mm: Mm, vma: Vma, addr: number, flags: number): nu
   const m = mm.machine;
   m.stat.inc(EV.pgfault);
   const write = (flags & FAULT_FLAG_WRITE) !== 0;
+  const unshare = (flags & FAULT_FLAG_UNSHARE) !== 0;
   const pud = pudAlloc(mm, addr);
   if (pud === null) return VM_FAULT_OOM;
   const pmd = pmdAlloc(mm, pud, addr);
@@ -61,19 +77,20 @@ export function handleMmFault(mm: Mm, vma: Vma, addr: number, flags: number): nu
     const ret = doHugePmdAnonymousPage(mm, vma, pmd, i, addr, write);
     if (!(ret & VM_FAULT_FALLBACK)) return ret;
   } else if (isPmdLeaf(pmd, i)) {
-    if (write && !(pmd.lo(i) & _PAGE_RW)) {
-      const ret = doHugePmdWpPage(mm, vma, pmd, i, addr);
+    if ((write || unshare) && !(pmd.lo(i) & _PAGE_RW)) {
+      const ret = doHugePmdWpPage(mm, vma, pmd, i, addr, unshare);
       if (!(ret & VM_FAULT_FALLBACK)) return ret;
     } else {
       pmd.set(i, (pmd.lo(i) | _PAGE_ACCESSED) >>> 0, pmd.hi(i)); // huge_pmd_set_accessed
       return 0;
     }
   }
-  return handlePteFault(mm, vma, pmd, i, addr, write);
+  return handlePteFault(mm, vma, pmd, i, addr, flags);
 }
 
 /** handle_pte_fault: the PTE-level part of a fault, with the PTE table allocated if needed. */
-function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: number, write: boolean): number {
+function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: number, flags: number): number {
+  const write = (flags & FAULT_FLAG_WRITE) !== 0;
   const pte = pteAlloc(mm, pmd, i);
   if (pte === null) return VM_FAULT_OOM;
   const j = pteIndex(addr);
@@ -82,7 +99,8 @@ function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: numbe
     if (vma.isAnonymous()) return doAnonymousPage(mm, vma, pte, addr, write);
     return doShmemFault(mm, vma, pte, addr, write);
   }
-  if (write && !(lo & _PAGE_RW)) return doWpPage(mm, vma, pte, j);
+  if (flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) && !(lo & _PAGE_RW))
+    return doWpPage(mm, vma, pte, j, addr, !write);
   pte.set(j, (lo | _PAGE_ACCESSED | (write ? _PAGE_DIRTY : 0)) >>> 0, pte.hi(j));
   return 0;
 }
@@ -112,13 +130,13 @@ export function doAnonymousPage(mm: Mm, vma: Vma, pte: PageTable, addr: number, 
   const order = m.memmap.order(pfn);
   const nr = 1 << order;
   if (nr > 1) m.memmap.addRef(pfn, nr - 1);
-  folioAddNewAnonRmap(m, pfn, order, false);
+  const j0 = pteIndex(addr) & ~(nr - 1);
+  folioAddNewAnonRmap(mm, vma, pfn, order, addr - (pteIndex(addr) - j0) * 4096, false);
   mm.rss[MM_ANONPAGES] += nr;
   if (order > 0) m.stat.incOrder("anon_fault_alloc", order);
   const writable = (vma.flags & VM_WRITE) !== 0;
   const bits = vmPageProtLo(vma.flags) | (writable ? _PAGE_RW | _PAGE_DIRTY : 0);
   const nx = vmPageProtNx(vma.flags);
-  const j0 = pteIndex(addr) & ~(nr - 1);
   for (let k = 0; k < nr; k++) pte.set(j0 + k, mkLo(pfn + k, bits), mkHi(pfn + k, nx));
   m.stat.inc(EV.pte_write, nr);
   return 0;
@@ -156,27 +174,91 @@ function pteRangeNone(pte: PageTable, addr: number, order: number): boolean {
 }
 
 /**
- * do_wp_page: a write fault on a present read-only PTE in a VM_WRITE VMA. A shared mapping's
- * page is made writable in place (wp_page_shared); an exclusive anon page is reused
- * (wp_page_reuse); anything else, the zero page included, is copied (wp_page_copy).
+ * do_wp_page: a write fault (or, with `unshare`, an unshare fault for a R/O pin) on a present
+ * read-only PTE. A shared mapping's page is made writable in place (wp_page_shared). A private
+ * anon page is reused when it is PageAnonExclusive or provably owned by this mm alone
+ * (wp_can_reuse_anon_folio), and becomes exclusive; an unshare stops there, a write makes the
+ * PTE writable (wp_page_reuse). Anything else, the zero page included, is copied (wp_page_copy).
+ * Under the legacy rule a page that one PTE maps is reused, whatever else references it.
  */
-export function doWpPage(mm: Mm, vma: Vma, pte: PageTable, j: number): number {
+export function doWpPage(
+  mm: Mm,
+  vma: Vma,
+  pte: PageTable,
+  j: number,
+  addr: number,
+  unshare: boolean,
+): number {
   const m = mm.machine;
   const lo = pte.lo(j);
   const pfn = pte.pfnAt(j);
-  if (vma.flags & VM_SHARED || (!(lo & _PAGE_SPECIAL) && m.memmap.test(pfn, PG_anon_exclusive))) {
-    pte.set(j, (lo | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED) >>> 0, pte.hi(j));
+  if (vma.flags & (VM_SHARED | VM_MAYSHARE)) {
+    pte.set(j, (lo | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED) >>> 0, pte.hi(j)); // wp_page_shared
     m.stat.inc(EV.pte_write);
     return 0;
   }
-  return wpPageCopy(mm, vma, pte, j);
+  if (!(lo & _PAGE_SPECIAL)) {
+    const mem = m.memmap;
+    const head = mem.folioHead(pfn);
+    if (mem.test(head, PG_anon)) {
+      const reuse =
+        m.cow === "legacy"
+          ? legacyCanReuse(m, head)
+          : mem.test(pfn, PG_anon_exclusive) || wpCanReuseAnonFolio(m, head, vma);
+      if (reuse) {
+        mem.set(pfn, PG_anon_exclusive);
+        if (unshare) return 0;
+        // wp_page_reuse
+        pte.set(j, (lo | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED) >>> 0, pte.hi(j));
+        m.stat.inc(EV.pte_write);
+        m.stat.inc(EV.cow_reuse);
+        return 0;
+      }
+    }
+  }
+  return wpPageCopy(mm, vma, pte, j, addr, unshare);
+}
+
+/**
+ * wp_can_reuse_anon_folio (Linux 6.18): may a write fault reuse this anon folio that is not
+ * marked exclusive? A small folio: only when its refcount is 1 (this mapping is the only
+ * reference: no other mapping, pin, pipe or cache holds it), after which the folio moves to
+ * vma's anon_vma. A large folio (__wp_can_reuse_large_anon_folio): when it is mapped more than
+ * once, not maybe-mapped-shared by the mm id slots, and every reference is a mapping
+ * (large mapcount == refcount).
+ */
+export function wpCanReuseAnonFolio(m: Machine, head: number, vma: Vma): boolean {
+  const mem = m.memmap;
+  if (mem.order(head) > 0) {
+    const mapcount = mem.largeMapcount(head);
+    if (mapcount <= 1) return false; // let a folio with one mapped page go instead
+    if (folioMaybeMappedShared(m, head)) return false;
+    return mapcount === mem.ref(head);
+  }
+  if (mem.ref(head) !== 1) return false;
+  folioMoveAnonRmap(m, head, vma);
+  return true;
+}
+
+/**
+ * The legacy reuse rule (reuse_swap_page before 5.8): reuse when the page is mapped once,
+ * counted as page_trans_huge_mapcount does: the largest per-page mapcount of the folio plus its
+ * PMD mappings. References from pins and pipes are not looked at, which is the bug.
+ */
+export function legacyCanReuse(m: Machine, head: number): boolean {
+  const mem = m.memmap;
+  const nr = 1 << mem.order(head);
+  let max = 0;
+  for (let i = 0; i < nr; i++) max = Math.max(max, mem.mapcount(head + i));
+  return max + (nr > 1 ? mem.entireMapcount(head) : 0) <= 1;
 }
 
 /**
  * wp_page_copy: maps a new exclusive order-0 anon page in place of the old one: zeroed when
- * replacing the zero page, else a copy of the old page's content. Drops the old mapping.
+ * replacing the zero page, else a copy of the old page's 4 KiB. A write maps it writable and
+ * dirty; an unshare maps it read-only and clean. Drops the old mapping.
  */
-function wpPageCopy(mm: Mm, vma: Vma, pte: PageTable, j: number): number {
+function wpPageCopy(mm: Mm, vma: Vma, pte: PageTable, j: number, addr: number, unshare: boolean): number {
   const m = mm.machine;
   const oldPfn = pte.pfnAt(j);
   const wasZero = (pte.lo(j) & _PAGE_SPECIAL) !== 0;
@@ -187,16 +269,25 @@ function wpPageCopy(mm: Mm, vma: Vma, pte: PageTable, j: number): number {
     m.memmap.setTag(pfn, m.memmap.tag(oldPfn)); // copy_user_highpage
     m.stat.inc(EV.page_copy);
   }
-  folioAddNewAnonRmap(m, pfn, 0, false);
-  const [nlo, nhi] = mkPte(vma, pfn, true);
+  folioAddNewAnonRmap(mm, vma, pfn, 0, addr, false);
+  let nlo: number;
+  let nhi: number;
+  if (unshare) {
+    const soft = pte.lo(j) & _PAGE_SOFT_DIRTY;
+    nlo = mkLo(pfn, vmPageProtLo(vma.flags) | soft);
+    nhi = mkHi(pfn, vmPageProtNx(vma.flags));
+  } else {
+    [nlo, nhi] = mkPte(vma, pfn, (vma.flags & VM_WRITE) !== 0);
+  }
   pte.set(j, nlo, nhi); // ptep_clear_flush + set_pte_at
   m.stat.inc(EV.pte_write);
   m.stat.inc(EV.tlb_flush);
+  m.stat.inc(EV.cow_copy);
   if (wasZero) {
     mm.rss[MM_ANONPAGES]++;
   } else {
     const head = m.memmap.folioHead(oldPfn);
-    folioRemoveRmapPtes(m, head, oldPfn, 1);
+    folioRemoveRmapPtes(mm, head, oldPfn, 1);
     m.folioPut(head);
   }
   return 0;
@@ -215,7 +306,8 @@ function doShmemFault(mm: Mm, vma: Vma, pte: PageTable, addr: number, write: boo
   if (!write) doFaultAround(mm, vma, pte, addr);
   const j = pteIndex(addr);
   if (!pte.none(j)) return 0;
-  const index = vma.pgoff + (addr - vma.start) / 4096;
+  const index = vma.linearPageIndex(addr);
+  if (index >= obj.size) return VM_FAULT_SIGBUS; // beyond i_size, after mremap grew the mapping
   const pfn = shmemGetFolio(m, obj, index);
   if (pfn < 0) return VM_FAULT_OOM;
   mapShmemPage(mm, vma, pte, j, pfn, write);
@@ -228,7 +320,7 @@ function mapShmemPage(mm: Mm, vma: Vma, pte: PageTable, j: number, pfn: number, 
   const bits = vmPageProtLo(vma.flags) | w | (dirty ? _PAGE_DIRTY : 0);
   pte.set(j, mkLo(pfn, bits), mkHi(pfn, vmPageProtNx(vma.flags)));
   m.memmap.addRef(pfn, 1);
-  folioAddRmapPtes(m, pfn, pfn, 1, false);
+  folioAddRmapPtes(mm, pfn, pfn, 1, false);
   mm.rss[MM_SHMEMPAGES]++;
   m.stat.inc(EV.pte_write);
   m.stat.inc(EV.ref_update);
@@ -321,7 +413,7 @@ function zapPteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean
       nr++;
     for (let k = 0; k < nr; k++) pte.clear(j + k);
     m.stat.inc(EV.pte_write, nr);
-    folioRemoveRmapPtes(m, head, pfn, nr);
+    folioRemoveRmapPtes(mm, head, pfn, nr);
     mm.rss[mmap.test(head, PG_anon) ? MM_ANONPAGES : MM_SHMEMPAGES] -= nr;
     m.folioPut(head, nr);
     j += nr;

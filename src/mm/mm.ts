@@ -28,6 +28,15 @@ export class Mm {
   pgtablesBytes = 0;
   /** Highest mmap address + 1 for top-down allocation (mmap_base), fixed for determinism. */
   readonly mmapBase: number;
+  /**
+   * MMF_HAS_PINNED: a FOLL_PIN was ever taken on this mm. From then on fork copies anon pages
+   * that may be pinned instead of sharing them (folio_needs_cow_for_dma). Never cleared.
+   */
+  hasPinned = false;
+  /** mm->mm_id, which large folios record to tell exclusive from shared (CONFIG_MM_ID). */
+  get id(): number {
+    return this.pid;
+  }
 
   constructor(
     readonly machine: Machine,
@@ -70,6 +79,7 @@ export class Mm {
       throw new Error(`insertVma: [${vma.start}, ${vma.end}) overlaps [${next.start}, ${next.end})`);
     }
     this.vmas.splice(i, 0, vma);
+    vma.mm = this;
   }
 
   /** Removes the given VMA. */

@@ -26,6 +26,7 @@ import { ShmemObject } from "./shmem.ts";
 import {
   calcVmProtBits,
   canMergeAdjacent,
+  isMergeableAnonVma,
   VM_ACCESS_FLAGS,
   VM_ACCOUNT,
   VM_MAYEXEC,
@@ -67,7 +68,7 @@ function unmappedAreaTopdown(mm: Mm, len: number, pad: number, align: number): n
  * is a multiple of 2 MiB (thp_get_unmapped_area), falling back to an unaligned search. The
  * result is checked against TASK_SIZE, alignment and mmap_min_addr (security_mmap_addr).
  */
-function getUnmappedArea(mm: Mm, addr: number, len: number, flags: number): number {
+export function getUnmappedArea(mm: Mm, addr: number, len: number, flags: number): number {
   if (len > TASK_SIZE) return -ENOMEM;
   if (!(flags & MAP_FIXED)) {
     addr = findArea(mm, addr, len, flags);
@@ -196,11 +197,7 @@ function mmapRegion(mm: Mm, addr: number, end: number, vmFlags: number): number 
   const next = mm.vmas[i];
   const withPrev = prev !== undefined && canMergeAdjacent(prev, vma);
   const withNext = next !== undefined && canMergeAdjacent(vma, next);
-  if (
-    withPrev &&
-    withNext &&
-    (prev.anonVma === null || next.anonVma === null || prev.anonVma === next.anonVma)
-  ) {
+  if (withPrev && withNext && isMergeableAnonVma(prev, next)) {
     prev.end = end; // prev grows over the new range, then absorbs next
     mergeInto(mm, prev, next);
     return 0;

@@ -38,6 +38,8 @@ export function shmemPut(m: Machine, obj: ShmemObject): void {
   if (obj.users < 0) throw new Error(`shmemPut: object ${obj.id} has no users`);
   for (const pfn of obj.pages.values()) {
     if (m.memmap.mapcount(pfn) !== 0) throw new Error(`shmemPut: truncating mapped pfn ${pfn}`);
+    // Truncation takes the folio out of the page cache; a pin or pipe may keep it alive.
+    m.memmap.clear(pfn, PG_shmem);
     m.folioPut(pfn);
   }
   obj.pages.clear();

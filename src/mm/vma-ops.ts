@@ -7,6 +7,7 @@ import { freePgtables, unmapPageRange } from "./memory.ts";
 import { MAX_MAP_COUNT, type Mm } from "./mm.ts";
 import { isPmdLeaf, pmdOffset } from "./pgalloc.ts";
 import { pmdIndex } from "./pgtable.ts";
+import { anonVmaClone, unlinkAnonVmas } from "./rmap.ts";
 import { shmemPut } from "./shmem.ts";
 import { canMergeAdjacent, Vma } from "./vma.ts";
 import { EV } from "./vmstat.ts";
@@ -26,17 +27,21 @@ export function splitHugePmdAt(mm: Mm, addr: number): void {
   splitHugePmd(mm, vma, pmd, i, Math.floor(addr / PMD_SIZE) * PMD_SIZE);
 }
 
-/** A new VMA sharing vma's anon_vma and file, covering [start, end) with matching pgoff. */
-function cloneVma(vma: Vma, start: number, end: number): Vma {
+/**
+ * vm_area_dup + anon_vma_clone + get_file: a new VMA (not yet in any mm) with vma's flags,
+ * linked to every anon_vma vma is linked to, sharing its file, covering [start, end) with
+ * matching pgoff.
+ */
+export function cloneVma(vma: Vma, start: number, end: number): Vma {
   const n = new Vma(start, end, vma.flags, vma.pgoff + (start - vma.start) / 4096, vma.anonVma, vma.shmem);
-  if (n.anonVma) n.anonVma.vmas++; // anon_vma_clone
+  anonVmaClone(n, vma);
   if (n.shmem) n.shmem.users++; // get_file
   return n;
 }
 
-/** Releases a VMA that has left the tree: its anon_vma link and file reference. */
+/** Releases a VMA that has left the tree: its anon_vma links and file reference. */
 export function releaseVma(mm: Mm, vma: Vma): void {
-  if (vma.anonVma) vma.anonVma.vmas--;
+  unlinkAnonVmas(mm.machine, vma);
   if (vma.shmem) shmemPut(mm.machine, vma.shmem);
 }
 
@@ -60,11 +65,11 @@ function __splitVma(mm: Mm, vma: Vma, addr: number): Vma {
   return upper;
 }
 
-/** dup_anon_vma: a VMA without an anon_vma that absorbs pages of `src` takes src's anon_vma. */
+/** dup_anon_vma: a VMA without an anon_vma that absorbs pages of `src` takes src's anon_vmas. */
 function dupAnonVma(dst: Vma, src: Vma): void {
   if (dst.anonVma === null && src.anonVma !== null) {
     dst.anonVma = src.anonVma;
-    dst.anonVma.vmas++;
+    anonVmaClone(dst, src);
   }
 }
 
@@ -87,6 +92,7 @@ export function vmaModifyFlags(mm: Mm, vma: Vma, start: number, end: number, new
   const prev = mm.vmas[idx - 1];
   const next = mm.vmas[idx + 1];
   const probe = new Vma(start, end, newFlags, vma.pgoff + (start - vma.start) / 4096, vma.anonVma, vma.shmem);
+  probe.anonVmaChain = vma.anonVmaChain; // read only: the merge rules look at its length
   const mergePrev = start === vma.start && prev !== undefined && canMergeAdjacent(prev, probe);
   const mergeNext = end === vma.end && next !== undefined && canMergeAdjacent(probe, next);
   if (mergePrev) {

@@ -29,6 +29,15 @@ const GLOBAL = [
   "tlb_flush",
   "vma_split",
   "vma_merge",
+  "cow_reuse",
+  "cow_copy",
+  "fork",
+  "fork_page_copy",
+  "gup_fast",
+  "gup_slow",
+  "gup_unshare",
+  "pin",
+  "unpin",
 ] as const;
 const PER_ORDER = ["anon_fault_alloc", "anon_fault_fallback", "split_deferred"] as const;
 

@@ -5,16 +5,24 @@
 // arrays exist only once the buddy allocator has handed out a block inside it, so host memory
 // grows with populated memory, not with configured RAM.
 //
-// Per frame (16 bytes):
+// Per frame (24 bytes):
 //   refcount  Int32   folio reference count, kept on the head page; 0 for tails and free pages
 //   mapcount  Int32   number of PTEs mapping this page (Linux keeps _mapcount = this - 1)
-//   flags     Uint32  PG_* bits below, and the folio order in bits 24..27 on every page of a folio
+//   flags     Uint32  PG_* bits below, the folio order in bits 24..27 on every page of a folio,
+//                     and bits 32..34 of folio->index in bits 28..30 of the head
 //   tag       Uint32  content tag: 0 is zeroed memory, a write stores a fresh tag
+//   mapping   Uint32  folio->mapping on the head: the anon_vma id (anon) or shmem object id
+//   index     Uint32  folio->index on the head, bits 0..31: the page offset of the head in its
+//                     anon_vma's linear space (vm_pgoff units) or in the shmem file
 //
-// Like struct folio, the folio-wide counters of a large folio overlay fields of its tail pages,
-// which are otherwise unused (a tail's refcount is always 0):
+// Like struct folio, the folio-wide fields of a large folio (order >= 2) overlay fields of its
+// tail pages, which are otherwise unused (a tail has no refcount, mapping or index):
 //   refcount[head + 1]  entire (PMD) mapcount
 //   refcount[head + 2]  large (total) mapcount: PTE mappings + PMD mappings
+//   refcount[head + 3]  pincount (_pincount): FOLL_PIN references of a large folio
+//   mapping[head + 1]   _mm_id[0], mapping[head + 2] _mm_id[1]: the two tracked mms (0 = none)
+//   index[head + 1]     _mm_id_mapcount[0], index[head + 2] _mm_id_mapcount[1], as counts (Linux
+//                       stores count - 1); PG_mm_ids_shared on the head is FOLIO_MM_IDS_SHARED_BIT
 // Like struct page's lru list_head, a free buddy block's head links its free list through the
 // mapcount (prev) and tag (next) fields; see buddy.ts.
 
@@ -43,6 +51,12 @@ export const PG_partially_mapped = 1 << 12;
 /** folio->mapping is a shmem inode: the folio is in a shmem page cache. */
 export const PG_shmem = 1 << 13;
 export const PG_referenced = 1 << 14;
+/**
+ * FOLIO_MM_IDS_SHARED_BIT (on the head of a large folio): the folio may be mapped by more than
+ * one mm (folio_maybe_mapped_shared). Set when a second mm maps it, cleared when one tracked mm
+ * holds every mapping again.
+ */
+export const PG_mm_ids_shared = 1 << 15;
 
 const ORDER_SHIFT = 24;
 const ORDER_MASK = 0xf << ORDER_SHIFT;
@@ -52,7 +66,12 @@ export class Section {
   readonly mapcount = new Int32Array(PAGES_PER_SECTION);
   readonly flags = new Uint32Array(PAGES_PER_SECTION);
   readonly tag = new Uint32Array(PAGES_PER_SECTION);
+  readonly mapping = new Uint32Array(PAGES_PER_SECTION);
+  readonly index = new Uint32Array(PAGES_PER_SECTION);
 }
+
+const INDEX_HI_SHIFT = 28;
+const INDEX_HI_MASK = 0x7 << INDEX_HI_SHIFT;
 
 /** The per-frame arrays of the whole simulated machine. */
 export class MemMap {
@@ -158,6 +177,8 @@ export class MemMap {
   prepFolio(pfn: number, order: number, flags: number): void {
     const s = this.sec(pfn);
     const i0 = pfn & SECTION_MASK;
+    s.mapping[i0] = 0;
+    s.index[i0] = 0;
     if (order === 0) {
       s.flags[i0] = flags;
       s.refcount[i0] = 1;
@@ -175,12 +196,16 @@ export class MemMap {
       s.refcount[i0 + i] = 0;
       s.mapcount[i0 + i] = 0;
     }
+    s.mapping.fill(0, i0 + 1, i0 + 4);
+    s.index.fill(0, i0 + 1, i0 + 4);
   }
 
   /** Clears the state of 2^order frames being freed (refcount, mapcount, flags). */
   clearFolio(pfn: number, order: number): void {
     const s = this.sec(pfn);
     const i0 = pfn & SECTION_MASK;
+    s.mapping[i0] = 0;
+    s.index[i0] = 0;
     if (order === 0) {
       s.refcount[i0] = 0;
       s.mapcount[i0] = 0;
@@ -191,6 +216,8 @@ export class MemMap {
     s.refcount.fill(0, i0, i0 + nr);
     s.mapcount.fill(0, i0, i0 + nr);
     s.flags.fill(0, i0, i0 + nr);
+    s.mapping.fill(0, i0 + 1, i0 + 4);
+    s.index.fill(0, i0 + 1, i0 + 4);
   }
 
   /** Sets the content tag of nr frames from pfn (0 = zeroed). */
@@ -214,5 +241,46 @@ export class MemMap {
   }
   addLargeMapcount(head: number, d: number): void {
     this.sec(head).refcount[(head & SECTION_MASK) + 2] += d;
+  }
+
+  /** folio->mapping of the folio headed by head: an anon_vma id or a shmem object id. */
+  folioMapping(head: number): number {
+    return this.sec(head).mapping[head & SECTION_MASK];
+  }
+  /** folio->index (up to 35 bits: a user page number below 2^47 / 4096). */
+  folioIndex(head: number): number {
+    const s = this.sec(head);
+    const i = head & SECTION_MASK;
+    return s.index[i] + ((s.flags[i] & INDEX_HI_MASK) >>> INDEX_HI_SHIFT) * 2 ** 32;
+  }
+  /** Sets folio->mapping and folio->index of the folio headed by head. */
+  setFolioMapping(head: number, mapping: number, index: number): void {
+    const s = this.sec(head);
+    const i = head & SECTION_MASK;
+    s.mapping[i] = mapping;
+    s.index[i] = index % 2 ** 32;
+    s.flags[i] = ((s.flags[i] & ~INDEX_HI_MASK) | (Math.floor(index / 2 ** 32) << INDEX_HI_SHIFT)) >>> 0;
+  }
+
+  /** _pincount of a large folio (order >= 2). */
+  pincount(head: number): number {
+    return this.sec(head).refcount[(head & SECTION_MASK) + 3];
+  }
+  addPincount(head: number, d: number): void {
+    this.sec(head).refcount[(head & SECTION_MASK) + 3] += d;
+  }
+  /** _mm_id[slot] of a large folio (0 = MM_ID_DUMMY, no mm). */
+  mmId(head: number, slot: number): number {
+    return this.sec(head).mapping[(head & SECTION_MASK) + 1 + slot];
+  }
+  /** _mm_id_mapcount[slot] of a large folio, as a count (Linux stores count - 1). */
+  mmIdMapcount(head: number, slot: number): number {
+    return this.sec(head).index[(head & SECTION_MASK) + 1 + slot];
+  }
+  setMmIdSlot(head: number, slot: number, id: number, mapcount: number): void {
+    const s = this.sec(head);
+    const i = (head & SECTION_MASK) + 1 + slot;
+    s.mapping[i] = id;
+    s.index[i] = mapcount;
   }
 }
