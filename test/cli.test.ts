@@ -150,9 +150,9 @@ describe("vmlab run", () => {
       },
       {
         name: "an unknown op",
-        body: `${HEAD}  - { op: mremap, pid: a }\n`,
+        body: `${HEAD}  - { op: mlock, pid: a }\n`,
         at: [6, 11],
-        message: /ops\[0\]\.op: unknown op 'mremap'/,
+        message: /ops\[0\]\.op: unknown op 'mlock'/,
       },
       {
         name: "an undefined address name",
@@ -222,7 +222,7 @@ describe("vmlab command line", () => {
   it("fuzz checks random cases against the audit and the reference model and says how many", () => {
     const r = vmlab("fuzz", "--runs", "3", "--seed", "11");
     expect(r.status).toBe(0);
-    expect(r.stdout).toMatch(/^fuzz: 3 cases, \d+ operations checked, seed 11: all agree\n$/);
+    expect(r.stdout).toMatch(/^fuzz: 3 cases, \d+ operations checked, cow modern, seed 11: all agree\n$/);
     // The same seed gives the same cases, so the same operation count.
     expect(spawn(["fuzz", "--runs", "3", "--seed", "11"]).stdout).toBe(r.stdout);
   });
@@ -230,7 +230,7 @@ describe("vmlab command line", () => {
   it("fuzz refuses a bad --runs with exit status 2", () => {
     const r = vmlab("fuzz", "--runs", "zero");
     expect(r.status).toBe(2);
-    expect(r.stderr).toContain("--runs takes a positive integer");
+    expect(r.stderr).toContain("--runs take a positive integer");
     expectNoStackTrace(r);
   });
 });

@@ -2,6 +2,7 @@
 
 import { relative } from "node:path";
 import { fileURLToPath } from "node:url";
+import { SingleBar } from "cli-progress";
 import { Command, CommanderError } from "commander";
 import { benchCore, formatBenchCore } from "../bench/core.ts";
 import { fuzz } from "../check/fuzz.ts";
@@ -31,28 +32,47 @@ program
 program
   .command("fuzz")
   .description("random machines and operations, with the audit and the reference model after every operation")
-  .option("--runs <n>", "number of random cases (each 80-160 operations)", "20")
-  .option("--seed <n>", "seed of the random cases (a failure prints the seed and path that replay it)", "1")
+  .option("--ops <n>", "check at least this many operations, in batches of 50 cases (80-160 operations each)")
+  .option(
+    "--runs <n>",
+    "check exactly this many cases from --seed instead (default: 20 when --ops is not given)",
+  )
+  .option("--seed <n>", "seed of the first batch (a failure prints the command that replays it)", "1")
+  .option("--cow <reuse>", "COW reuse rule of the random machines: modern or legacy", "modern")
   .option("--path <path>", "replay one case and its shrink path, as printed by a failure")
-  .action((opts: { runs: string; seed: string; path?: string }) => {
-    const runs = Number(opts.runs);
+  .action((opts: { ops?: string; runs?: string; seed: string; cow: string; path?: string }) => {
+    const ops = opts.ops === undefined ? undefined : Number(opts.ops);
+    const runs = opts.runs === undefined ? (ops === undefined ? 20 : undefined) : Number(opts.runs);
     const seed = Number(opts.seed);
-    if (!Number.isSafeInteger(runs) || runs < 1 || !Number.isSafeInteger(seed)) {
-      process.stderr.write("vmlab fuzz: --runs takes a positive integer and --seed an integer\n");
+    const bad =
+      (ops !== undefined && (!Number.isSafeInteger(ops) || ops < 1)) ||
+      (runs !== undefined && (!Number.isSafeInteger(runs) || runs < 1)) ||
+      !Number.isSafeInteger(seed);
+    if (bad || (opts.cow !== "modern" && opts.cow !== "legacy")) {
+      process.stderr.write(
+        "vmlab fuzz: --ops and --runs take a positive integer, --seed an integer, --cow modern or legacy\n",
+      );
       process.exitCode = 2;
       return;
     }
-    const r = fuzz({ runs, seed, path: opts.path });
+    // The bar goes to stderr, and only on a terminal: CI logs and pipes stay clean.
+    const bar =
+      process.stderr.isTTY && ops !== undefined
+        ? new SingleBar({
+            format: "fuzz [{bar}] {value}/{total} operations {percentage}% eta {eta_formatted}",
+          })
+        : null;
+    bar?.start(ops ?? 0, 0);
+    const r = fuzz({ ops, runs, seed, cow: opts.cow, path: opts.path, progress: (n) => bar?.update(n) });
+    bar?.stop();
     if (r.ok) {
       process.stdout.write(
-        `fuzz: ${r.runs} cases, ${r.operations} operations checked, seed ${r.seed}: all agree\n`,
+        `fuzz: ${r.runs} cases, ${r.operations} operations checked, cow ${opts.cow}, seed ${seed}: all agree\n`,
       );
       return;
     }
     process.stdout.write(`${r.report}\n`);
-    process.stdout.write(
-      `Hint: replay the shrunk case with: vmlab fuzz --seed ${seed} --runs ${runs} --path ${r.path}\n`,
-    );
+    process.stdout.write(`Hint: replay the shrunk case with: vmlab fuzz ${r.replay}\n`);
     process.exitCode = 1;
   });
 
