@@ -7,12 +7,16 @@ import {
   MAP_FIXED,
   MAP_PRIVATE,
   MAP_SHARED,
+  MREMAP_DONTUNMAP,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
   PROT_EXEC,
   PROT_READ,
   PROT_WRITE,
 } from "../uapi.ts";
 import { SCHEMA_FILE, scenarioJsonSchemaText } from "./export-schema.ts";
 import { loadScenario, parseScenario, ScenarioError } from "./load.ts";
+import { formatRun, runScenario } from "./run.ts";
 import type { OpOf } from "./schema.ts";
 
 const MiB = 2 ** 20;
@@ -86,6 +90,7 @@ describe("parseScenario on a valid file", () => {
           "2048kB": "inherit",
         },
       },
+      cow: { reuse: "modern" },
     });
     expect(s.processes).toEqual(["a"]);
   });
@@ -266,7 +271,7 @@ describe("parseScenario on a malformed file", () => {
       col: 11,
       path: "ops[0].op",
       message: "unknown op 'mmapp'",
-      hint: "ops are: mmap, munmap, mprotect, madvise, read, write, check, dump, spawn, exit; did you mean 'mmap'?",
+      hint: "ops are: mmap, munmap, mprotect, madvise, mremap, read, write, check, dump, spawn, fork, exit, pin, unpin, pinread, vmsplice, piperead; did you mean 'mmap'?",
     });
   });
 
@@ -278,7 +283,7 @@ describe("parseScenario on a malformed file", () => {
       col: 58,
       path: "ops[1].advice",
       message: "unknown advice 'hugepages'",
-      hint: "advice is one of: hugepage, nohugepage, normal; did you mean 'hugepage'?",
+      hint: "advice is one of: hugepage, nohugepage, normal, dontfork, dofork, wipeonfork, keeponfork; did you mean 'hugepage'?",
     });
     expect(fields(errorOf(`${HEAD}  - { op: mmap, pid: a, len: 4KiB, prot: [read, wrte] }\n`))).toMatchObject(
       {
@@ -325,7 +330,7 @@ describe("parseScenario on a malformed file", () => {
         col: 33,
         path: "ops[1].addr",
         message: "undefined address name 'bufx'",
-        hint: "names bound so far: buf; did you mean 'buf'?",
+        hint: "address names bound so far: buf; did you mean 'buf'?",
       },
     );
     const early = errorOf(`${HEAD}  - { op: check, pid: a, smaps: [ { addr: buf, Rss: 0 } ] }\n${MMAP}`);
@@ -373,6 +378,359 @@ describe("parseScenario on a malformed file", () => {
     })();
     expect(e?.format()).toBe(
       "/nonexistent/x.yaml:1:1: error: (document): cannot read the file (ENOENT)\n  Hint: check the path and its permissions",
+    );
+  });
+});
+
+/** HEAD, MMAP and one more line: the ops of the tests of fork, GUP and mremap start on line 6. */
+const at6 = (...lines: string[]) => `${HEAD}${MMAP}${lines.map((l) => `  - ${l}\n`).join("")}`;
+
+describe("parseScenario on fork, pin, vmsplice, mremap and the fork advice", () => {
+  const s = parseScenario(
+    "name: t\nmachine: { ram: 64MiB, cow: { reuse: legacy } }\nprocesses: [a]\nops:\n" +
+      MMAP +
+      "  - { op: write, pid: a, addr: buf, len: 8KiB, as: A }\n" +
+      "  - { op: madvise, pid: a, addr: buf, len: 4KiB, advice: wipeonfork }\n" +
+      "  - { op: fork, pid: a, child: b, expect: { ok: true } }\n" +
+      "  - { op: pin, pid: b, addr: buf, len: 8KiB, write: true, longterm: true, fast: true, as: p, expect: { ok: true, pages: 2 } }\n" +
+      "  - { op: pinread, pin: p, expect: { content: A } }\n" +
+      "  - { op: unpin, pin: p }\n" +
+      "  - { op: vmsplice, pid: b, addr: buf+4KiB, len: 4KiB, as: pipe }\n" +
+      "  - { op: piperead, pipe: pipe, expect: { content: [7] } }\n" +
+      "  - { op: mremap, pid: a, addr: buf, len: 4KiB, newLen: 4KiB, flags: [maymove, fixed], newAddr: 0x7f0000000000, as: moved }\n" +
+      "  - { op: mremap, pid: a, addr: moved, len: 4KiB, newLen: 4KiB, flags: [maymove, dontunmap] }\n" +
+      "  - { op: read, pid: b, addr: buf, len: 12KiB, expect: { content: [A, 0] } }\n",
+    "t.yaml",
+  );
+
+  it("reads the COW reuse rule, modern by default", () => {
+    expect(s.machine.cow).toEqual({ reuse: "legacy" });
+    expect(parseScenario(`${HEAD.replace("ops:\n", "ops: []\n")}`, "t.yaml").machine.cow).toEqual({
+      reuse: "modern",
+    });
+  });
+
+  it("keeps names for the child, the pin, the pipe and the write", () => {
+    expect(s.ops[3]).toMatchObject({ op: "fork", pid: "a", child: "b", expect: { ok: true } });
+    expect(s.ops[4]).toMatchObject({
+      op: "pin",
+      write: true,
+      longterm: true,
+      fast: true,
+      as: "p",
+      expect: { ok: true, pages: 2 },
+    });
+    expect(s.ops[1]).toMatchObject({ op: "write", as: "A" });
+    expect(s.ops[6]).toEqual({ op: "unpin", pin: "p", at: { line: 11, col: 5 } });
+    expect(s.ops[7]).toMatchObject({ op: "vmsplice", as: "pipe" });
+  });
+
+  it("turns a content write name into a one-item list and keeps lists as written", () => {
+    expect(s.ops[5]).toMatchObject({ op: "pinread", expect: { content: ["A"] } });
+    expect(s.ops[8]).toMatchObject({ op: "piperead", expect: { content: [7] } });
+    expect(s.ops[11]).toMatchObject({ op: "read", expect: { content: ["A", 0] } });
+  });
+
+  it("turns mremap flags into bits, none by default", () => {
+    expect(s.ops[9]).toMatchObject({
+      flags: MREMAP_MAYMOVE | MREMAP_FIXED,
+      newAddr: { offset: 0x7f0000000000 },
+    });
+    expect(s.ops[10]).toMatchObject({ flags: MREMAP_MAYMOVE | MREMAP_DONTUNMAP, addr: { base: "moved" } });
+    const plain = parseScenario(at6("{ op: mremap, pid: a, addr: buf, len: 4KiB, newLen: 8KiB }"), "t.yaml");
+    expect(plain.ops[1]).toMatchObject({ flags: 0, newLen: 8192 });
+  });
+
+  it("rejects a bad pin, pipe or write name at its as", () => {
+    expect(fields(errorOf(at6("{ op: pin, pid: a, addr: buf, len: 4KiB, as: 1p }")))).toEqual({
+      line: 6,
+      col: 50,
+      path: "ops[1].as",
+      message: "expected a pin name like p, got '1p'",
+      hint: "names use letters, digits and _, and do not start with a digit; '-' means minus",
+    });
+    expect(fields(errorOf(at6("{ op: vmsplice, pid: a, addr: buf, len: 4KiB, as: my-pipe }")))).toMatchObject(
+      {
+        path: "ops[1].as",
+        message: "expected a pipe name like pipe, got 'my-pipe'",
+      },
+    );
+    expect(fields(errorOf(at6("{ op: write, pid: a, addr: buf, len: 4KiB, as: zero }")))).toEqual({
+      line: 6,
+      col: 52,
+      path: "ops[1].as",
+      message: "a write cannot be named 'zero'",
+      hint: "zero and nonzero are content words; pick another name, like A",
+    });
+  });
+
+  it("rejects a pin or pipe name no earlier op bound, with the names there are", () => {
+    const typo = errorOf(
+      at6("{ op: pin, pid: a, addr: buf, len: 4KiB, as: buf1 }", "{ op: unpin, pin: buf2 }"),
+    );
+    expect(fields(typo)).toEqual({
+      line: 7,
+      col: 23,
+      path: "ops[2].pin",
+      message: "undefined pin name 'buf2'",
+      hint: "pin names bound so far: buf1; did you mean 'buf1'?",
+    });
+    expect(fields(errorOf(at6("{ op: piperead, pipe: q }")))).toEqual({
+      line: 6,
+      col: 27,
+      path: "ops[1].pipe",
+      message: "undefined pipe name 'q'",
+      hint: "bind a name with an earlier { op: vmsplice, ..., as: pipe }",
+    });
+    const early = errorOf(at6("{ op: pinread, pin: p }", "{ op: pin, pid: a, addr: buf, len: 4KiB, as: p }"));
+    expect(early.hint).toBe("'p' is bound later, by the pin at ops[2] (line 7)");
+  });
+
+  it("rejects a name of another kind: an address is not a pin, a pin is not an address", () => {
+    expect(fields(errorOf(at6("{ op: pinread, pin: buf }")))).toEqual({
+      line: 6,
+      col: 25,
+      path: "ops[1].pin",
+      message: "'buf' names an address, not a pin",
+      hint: "it is bound by the mmap at ops[0] (line 5)",
+    });
+    const rebind = errorOf(
+      at6(
+        "{ op: pin, pid: a, addr: buf, len: 4KiB, as: p }",
+        "{ op: mmap, pid: a, len: 4KiB, prot: r, as: p }",
+      ),
+    );
+    expect(fields(rebind)).toMatchObject({
+      line: 7,
+      path: "ops[2].as",
+      message: "'p' already names a pin",
+      hint: "it is bound by the pin at ops[1] (line 6); pick another name",
+    });
+  });
+
+  it("rejects a pin or pipe used after it was released, read or its process exited", () => {
+    const pin = "{ op: pin, pid: a, addr: buf, len: 4KiB, as: p }";
+    expect(fields(errorOf(at6(pin, "{ op: unpin, pin: p }", "{ op: pinread, pin: p }")))).toEqual({
+      line: 8,
+      col: 25,
+      path: "ops[3].pin",
+      message: "pin 'p' was already unpinned",
+      hint: "it is unpinned at ops[2] (line 7)",
+    });
+    const pipe = "{ op: vmsplice, pid: a, addr: buf, len: 4KiB, as: q }";
+    expect(
+      fields(errorOf(at6(pipe, "{ op: piperead, pipe: q }", "{ op: piperead, pipe: q }"))),
+    ).toMatchObject({
+      path: "ops[3].pipe",
+      message: "pipe 'q' was already read",
+      hint: "a pipe is read once, and the piperead at ops[2] (line 7) emptied it",
+    });
+    const exited = errorOf(
+      at6(
+        "{ op: fork, pid: a, child: b }",
+        "{ op: pin, pid: b, addr: buf, len: 4KiB, as: p }",
+        "{ op: exit, pid: b }",
+        "{ op: unpin, pin: p }",
+      ),
+    );
+    expect(fields(exited)).toEqual({
+      line: 9,
+      col: 23,
+      path: "ops[4].pin",
+      message: "pin 'p' was released when process 'b' exited",
+      hint: "it exits at ops[3] (line 8), and exit releases its pins and pipes",
+    });
+    expect(errorOf(at6(pin, pin)).message).toBe("pin 'p' is still held");
+    expect(errorOf(at6(pipe, pipe)).message).toBe("pipe 'q' is still unread");
+  });
+
+  it("rejects a pid on the ops that act for the holder of a pin or pipe", () => {
+    expect(fields(errorOf(at6("{ op: unpin, pid: a, pin: p }")))).toEqual({
+      line: 6,
+      col: 18,
+      path: "ops[1].pid",
+      message: "unknown key 'pid'",
+      hint: "this op acts for the process that holds the pin or pipe: remove pid",
+    });
+  });
+
+  it("rejects bad pin options and expectations", () => {
+    expect(fields(errorOf(at6("{ op: pin, pid: a, addr: buf, len: 4KiB, write: yes }")))).toEqual({
+      line: 6,
+      col: 53,
+      path: "ops[1].write",
+      message: "expected true or false, got 'yes'",
+      hint: "write: true or write: false (yes and no are strings)",
+    });
+    expect(
+      fields(errorOf(at6("{ op: pin, pid: a, addr: buf, len: 4KiB, expect: { errno: EFAULT, pages: 1 } }"))),
+    ).toMatchObject({
+      path: "ops[1].expect",
+      message: "expect needs errno, or ok and/or pages, not both",
+    });
+  });
+
+  it("rejects an unknown or misplaced mremap flag", () => {
+    const mremap = (rest: string) =>
+      at6(`{ op: mremap, pid: a, addr: buf, len: 4KiB, newLen: 8KiB, ${rest} }`);
+    expect(fields(errorOf(mremap("flags: [maymove, fixd]")))).toEqual({
+      line: 6,
+      col: 80,
+      path: "ops[1].flags[1]",
+      message: "unknown mremap flag 'fixd'",
+      hint: "mremap flag is one of: maymove, fixed, dontunmap; did you mean 'fixed'?",
+    });
+    expect(fields(errorOf(mremap("flags: maymove")))).toMatchObject({
+      col: 70,
+      message: "expected a list of mremap flags like [maymove], got 'maymove'",
+    });
+    expect(fields(errorOf(mremap("flags: [maymove, fixed]")))).toEqual({
+      line: 6,
+      col: 70,
+      path: "ops[1].flags",
+      message: "flag 'fixed' needs newAddr",
+      hint: "give the address to move to: newAddr: 0x7f0000000000",
+    });
+    expect(fields(errorOf(mremap("newAddr: buf+2MiB")))).toMatchObject({
+      path: "ops[1].newAddr",
+      message: "newAddr is ignored without flag 'fixed' or 'dontunmap'",
+    });
+    expect(fields(errorOf(mremap("flags: [maymove, fixed], newAddr: bfu")))).toMatchObject({
+      path: "ops[1].newAddr",
+      message: "undefined address name 'bfu'",
+    });
+  });
+
+  it("rejects a fork into a name in use, and points at the fork that makes a name", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: fork, pid: a, child: a }\n`))).toEqual({
+      line: 5,
+      col: 32,
+      path: "ops[0].child",
+      message: "fork needs a fresh name: 'a' is running",
+      hint: "pick a name not used earlier in the scenario",
+    });
+    expect(errorOf(`${HEAD}  - { op: dump, pid: b }\n  - { op: fork, pid: a, child: b }\n`).hint).toBe(
+      "'b' is forked later, at ops[1] (line 6)",
+    );
+  });
+
+  it("rejects an unknown COW reuse rule", () => {
+    const e = errorOf("name: t\nmachine: { ram: 64MiB, cow: { reuse: legacyy } }\nprocesses: [a]\nops: []\n");
+    expect(fields(e)).toEqual({
+      line: 2,
+      col: 38,
+      path: "machine.cow.reuse",
+      message: "unknown reuse rule 'legacyy'",
+      hint: "reuse rule is one of: modern, legacy; did you mean 'legacy'?",
+    });
+  });
+
+  it("checks that content names earlier writes and lists one item per page", () => {
+    const write = "{ op: write, pid: a, addr: buf, len: 8KiB, as: A }";
+    expect(
+      fields(errorOf(at6(write, "{ op: read, pid: a, addr: buf, len: 8KiB, expect: { content: C } }"))),
+    ).toEqual({
+      line: 7,
+      col: 66,
+      path: "ops[2].expect.content[0]",
+      message: "undefined write name 'C'",
+      hint: "write names bound so far: A",
+    });
+    expect(errorOf(at6("{ op: read, pid: a, addr: buf, len: 4KiB, expect: { content: zeros } }")).hint).toBe(
+      "bind a name with an earlier { op: write, ..., as: A }; did you mean 'zero'?",
+    );
+    const pinread = errorOf(
+      at6(
+        write,
+        "{ op: pin, pid: a, addr: buf, len: 4KiB, as: p }",
+        "{ op: pinread, pin: p, expect: { content: A } }",
+      ),
+    );
+    expect(fields(pinread)).toMatchObject({
+      path: "ops[3].expect.content",
+      message: "content stands for 2 pages (A wrote 2 pages), but the pin holds 1 page",
+    });
+    expect(
+      fields(errorOf(at6("{ op: read, pid: a, addr: buf, len: 4KiB, expect: { content: [A-1] } }"))),
+    ).toMatchObject({
+      path: "ops[1].expect.content[0]",
+      message: "bad page tag 'A-1'",
+      hint: "each item is a whole number >= 0 (a tag) or the name of an earlier write (its tags)",
+    });
+  });
+});
+
+describe("runScenario on fork, pin, vmsplice and mremap", () => {
+  /** The text of a run, or the ScenarioError it throws, formatted. */
+  const run = (text: string) => {
+    try {
+      return formatRun(runScenario(parseScenario(text, "t.yaml")));
+    } catch (e) {
+      if (e instanceof ScenarioError) return e.format();
+      throw e;
+    }
+  };
+
+  it("logs each op readably and reports the forked child in the final state", () => {
+    const out = run(
+      at6(
+        "{ op: write, pid: a, addr: buf, len: 4KiB, as: A }",
+        "{ op: fork, pid: a, child: b, expect: { ok: true } }",
+        "{ op: pin, pid: a, addr: buf, len: 4KiB, fast: true, as: p, expect: { ok: true, pages: 1 } }",
+        "{ op: pinread, pin: p, expect: { content: A } }",
+        "{ op: unpin, pin: p }",
+        "{ op: vmsplice, pid: b, addr: buf, len: 4KiB, as: q }",
+        "{ op: piperead, pipe: q, expect: { content: A } }",
+        "{ op: madvise, pid: b, addr: buf, len: 4KiB, advice: dontfork }",
+        "{ op: mremap, pid: b, addr: buf, len: 4KiB, newLen: 8KiB, flags: [maymove], as: big }",
+      ),
+    );
+    expect(out).toContain("#2   a: write(0x7ffff7eff000, 4KiB): 1 pages, stored [1 (A)]\n");
+    expect(out).toContain("#3   a: fork() = pid 2  [b]\n");
+    expect(out).toContain("#4   a: pin_user_pages_fast(0x7ffff7eff000, 4KiB, FOLL_PIN) = 1 page  [p]\n");
+    expect(out).toContain("#5   a: pinread(p): 1 page [1 (A)]\n");
+    expect(out).toContain("#6   a: unpin_user_pages(p) = 0\n");
+    expect(out).toContain("#7   b: vmsplice(0x7ffff7eff000, 4KiB) = 1 page  [q]\n");
+    expect(out).toContain("#8   b: piperead(q): 1 page [1 (A)]\n");
+    expect(out).toContain("#9   b: madvise(0x7ffff7eff000, 4KiB, MADV_DONTFORK) = 0\n");
+    expect(out).toMatch(
+      /^#10 {2}b: mremap\(0x7ffff7eff000, 4KiB, 8KiB, MREMAP_MAYMOVE\) = 0x[0-9a-f]+ {2}\[big\]$/m,
+    );
+    expect(out).toContain("pid 2 (b)\nVmSize:");
+    expect(out).toMatch(/pid 2 \(b\)\n(?:.*\n)*VmFlags: rd wr mr mw me (?:ac )?dc/);
+    expect(out).toContain("expectations: 5 passed, 0 failed");
+  });
+
+  it("names the writes a failed content expectation expected and got", () => {
+    const out = run(
+      at6(
+        "{ op: write, pid: a, addr: buf, len: 4KiB, as: A }",
+        "{ op: write, pid: a, addr: buf, len: 4KiB, as: B }",
+        "{ op: read, pid: a, addr: buf, len: 4KiB, expect: { content: A } }",
+      ),
+    );
+    expect(out).toContain("t.yaml:8:5: expectation failed: expected A = [1 (A)], got [2 (B)]");
+  });
+
+  it("stops with file:line:col at a name whose fork or pin failed, naming the errno", () => {
+    expect(
+      run(
+        at6(
+          "{ op: pin, pid: a, addr: 0x1000, len: 4KiB, as: p, expect: { errno: EFAULT } }",
+          "{ op: unpin, pin: p }",
+        ),
+      ),
+    ).toBe(
+      "t.yaml:7:5: error: ops[2].pin: pin 'p' was not taken\n  Hint: the pin at line 6 that binds 'p' returned -EFAULT",
+    );
+    const fork =
+      "name: t\nmachine: { ram: 28KiB }\nprocesses: [a]\nops:\n" +
+      "  - { op: mmap, pid: a, len: 4KiB, prot: rw, as: buf }\n" +
+      "  - { op: write, pid: a, addr: buf, len: 4KiB }\n" +
+      "  - { op: fork, pid: a, child: b, expect: { errno: ENOMEM } }\n" +
+      "  - { op: check, pid: b, vmas: 0 }\n";
+    expect(run(fork)).toBe(
+      "t.yaml:8:5: error: ops[3].pid: process 'b' does not exist\n  Hint: the fork at line 7 that binds 'b' returned -ENOMEM",
     );
   });
 });

@@ -10,9 +10,12 @@
 import { readFileSync } from "node:fs";
 import { type Document, isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import type * as z from "zod";
-import { MAP_FIXED, MAP_FIXED_NOREPLACE, PAGE_SIZE } from "../uapi.ts";
+import { PIPE_DEF_BUFFERS } from "../mm/kernel.ts";
+import { MAP_FIXED, MAP_FIXED_NOREPLACE, MREMAP_DONTUNMAP, MREMAP_FIXED, PAGE_SIZE } from "../uapi.ts";
 import {
   type AddrExpr,
+  CONTENT_WORDS,
+  type ContentExpect,
   didYouMean,
   HINT_SEP,
   type Op,
@@ -178,10 +181,58 @@ function firstIssue(src: Source, issues: readonly z.core.$ZodIssue[]): ScenarioE
 // ---------------------------------------------------------------------------------------------
 // Static checks: the rules that need the whole op list.
 
+/** What a name bound by an op's `as` stands for. */
+type NameKind = "address" | "write" | "pin" | "pipe";
+const KINDS: Readonly<Record<NameKind, { a: string; example: string }>> = {
+  address: { a: "an address", example: "{ op: mmap, ..., as: buf }" },
+  write: { a: "the content of a write", example: "{ op: write, ..., as: A }" },
+  pin: { a: "a pin", example: "{ op: pin, ..., as: p }" },
+  pipe: { a: "a pipe", example: "{ op: vmsplice, ..., as: pipe }" },
+};
+
+/** A name as the static check tracks it. */
+interface Binding {
+  kind: NameKind;
+  /** The op that bound it last. */
+  op: number;
+  /** The process that bound it: its pins and pipes go when it exits. */
+  owner: string;
+  /** The pages it covers (written, pinned, spliced) if the op takes all it asks for. */
+  pages: number;
+  /** Why a pin or pipe can no longer be used: the message's end and the hint. */
+  gone?: { why: string; hint: string };
+}
+
+/** The name an op binds with `as`, its kind and how many pages it covers; null when none. */
+function bindingOf(op: OpBody): { name: string; kind: NameKind; pages: number } | null {
+  switch (op.op) {
+    case "mmap":
+    case "mremap":
+      return op.as ? { name: op.as, kind: "address", pages: 0 } : null;
+    case "write":
+      return op.as ? { name: op.as, kind: "write", pages: pagesOf(op.addr, op.len) } : null;
+    case "pin":
+      return op.as ? { name: op.as, kind: "pin", pages: pagesOf(op.addr, op.len) } : null;
+    case "vmsplice":
+      return op.as
+        ? { name: op.as, kind: "pipe", pages: Math.min(PIPE_DEF_BUFFERS, pagesOf(op.addr, op.len)) }
+        : null;
+    default:
+      return null;
+  }
+}
+
+/** The pages [a, a + len) touches. Names are bound to page-aligned addresses, so the offset fixes the alignment. */
+function pagesOf(a: AddrExpr, len: number): number {
+  const first = ((a.offset % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE;
+  return len === 0 ? 0 : Math.ceil((first + len) / PAGE_SIZE);
+}
+
 /**
- * Checks, in op order, that process names are unique, every pid names a live process, spawn uses a
- * fresh name and every address name was bound by an earlier mmap's `as`; then checkOpAlone on each
- * op. Throws the first failure.
+ * Checks, in op order, that process names are unique, every pid names a live process, spawn and
+ * fork use a fresh name, every name an op uses (address, write, pin, pipe) was bound earlier by
+ * an `as` of its kind and, for pins and pipes, is still held, and that content expectations list
+ * one item per page; then checkOpAlone on each op. Throws the first failure.
  */
 function staticCheck(src: Source, processes: readonly string[], ops: readonly OpBody[]): void {
   const fail = (path: Path, message: string, hint: string): never => {
@@ -195,60 +246,163 @@ function staticCheck(src: Source, processes: readonly string[], ops: readonly Op
     live.add(p);
   });
   const used = new Set(live);
-  const names = new Set<string>();
+  const bound = new Map<string, Binding>();
 
   ops.forEach((op, i) => {
     const at = (...rest: PropertyKey[]) => ["ops", i, ...rest];
-    if (op.op === "spawn") {
-      if (used.has(op.pid)) {
-        const why = live.has(op.pid) ? "is running" : "was used before";
+    const fresh = (name: string, path: Path) => {
+      if (used.has(name)) {
+        const why = live.has(name) ? "is running" : "was used before";
         fail(
-          at("pid"),
-          `spawn needs a fresh name: '${op.pid}' ${why}`,
+          path,
+          `${op.op} needs a fresh name: '${name}' ${why}`,
           "pick a name not used earlier in the scenario",
         );
       }
-      live.add(op.pid);
-      used.add(op.pid);
-    } else if (!live.has(op.pid)) {
-      const exit = exitedBy.get(op.pid);
-      if (exit !== undefined)
-        fail(at("pid"), `process '${op.pid}' has exited`, `it exits at ${lineOf(exit)}`);
-      const later = ops.findIndex((o, j) => j > i && o.op === "spawn" && o.pid === op.pid);
+      live.add(name);
+      used.add(name);
+    };
+    const checkLive = (name: string, path: Path) => {
+      if (live.has(name)) return;
+      const exit = exitedBy.get(name);
+      if (exit !== undefined) fail(path, `process '${name}' has exited`, `it exits at ${lineOf(exit)}`);
+      const later = ops.findIndex(
+        (o, j) => j > i && ((o.op === "spawn" && o.pid === name) || (o.op === "fork" && o.child === name)),
+      );
       const hint =
         later >= 0
-          ? `'${op.pid}' is spawned later, at ${lineOf(later)}`
-          : `processes at this point: ${[...live].join(", ") || "none"}${didYouMean(op.pid, [...live])}`;
-      fail(at("pid"), `unknown process '${op.pid}'`, hint);
-    }
+          ? `'${name}' is ${ops[later].op === "spawn" ? "spawned" : "forked"} later, at ${lineOf(later)}`
+          : `processes at this point: ${[...live].join(", ") || "none"}${didYouMean(name, [...live])}`;
+      fail(path, `unknown process '${name}'`, hint);
+    };
+    /** The binding name has as kind at this op; fails when it is unbound, another kind, or gone. */
+    const use = (name: string, kind: NameKind, path: Path, extra: readonly string[] = []): Binding => {
+      const b = bound.get(name);
+      if (b === undefined) {
+        const later = ops.findIndex(
+          (o, j) => j > i && bindingOf(o)?.name === name && bindingOf(o)?.kind === kind,
+        );
+        const same = [...bound].filter(([, v]) => v.kind === kind).map(([n]) => n);
+        const hint =
+          later >= 0
+            ? `'${name}' is bound later, by the ${ops[later].op} at ${lineOf(later)}`
+            : same.length
+              ? `${kind} names bound so far: ${same.join(", ")}${didYouMean(name, [...extra, ...same])}`
+              : `bind a name with an earlier ${KINDS[kind].example}${didYouMean(name, extra)}`;
+        return fail(path, `undefined ${kind} name '${name}'`, hint);
+      }
+      if (b.kind !== kind)
+        fail(
+          path,
+          `'${name}' names ${KINDS[b.kind].a}, not ${KINDS[kind].a}`,
+          `it is bound by the ${ops[b.op].op} at ${lineOf(b.op)}`,
+        );
+      if (b.gone) fail(path, `${kind} '${name}' ${b.gone.why}`, b.gone.hint);
+      return b;
+    };
+    const checkAddr = (a: AddrExpr | undefined, path: Path) => {
+      if (a?.base) use(a.base, "address", path);
+    };
+    /** Content lists one item per page: a tag is one page, a write name the pages it wrote. */
+    const checkContent = (content: ContentExpect | undefined, pages: number, what: string, path: Path) => {
+      if (!Array.isArray(content)) return;
+      let n = 0;
+      const named: string[] = [];
+      content.forEach((item, j) => {
+        if (typeof item === "number") n++;
+        else {
+          const w = use(item, "write", [...path, j], CONTENT_WORDS);
+          n += w.pages;
+          named.push(`${item} wrote ${plural(w.pages, "page")}`);
+        }
+      });
+      if (n === pages) return;
+      const lists = named.length
+        ? `content stands for ${plural(n, "page")} (${named.join(", ")})`
+        : `content lists ${plural(n, "page tag")}`;
+      fail(
+        path,
+        `${lists}, but ${what} ${plural(pages, "page")}`,
+        "give one tag per page from addr to addr+len; a write name stands for every page that write stored",
+      );
+    };
+
+    if (op.op === "spawn") fresh(op.pid, at("pid"));
+    else if ("pid" in op) checkLive(op.pid, at("pid"));
+    if (op.op === "fork") fresh(op.child, at("child"));
     if (op.op === "exit") {
       live.delete(op.pid);
       exitedBy.set(op.pid, i);
+      for (const b of bound.values()) {
+        if ((b.kind === "pin" || b.kind === "pipe") && b.owner === op.pid && !b.gone) {
+          const why = `was released when process '${op.pid}' exited`;
+          b.gone = { why, hint: `it exits at ${lineOf(i)}, and exit releases its pins and pipes` };
+        }
+      }
     }
 
-    const checkAddr = (a: AddrExpr | undefined, path: Path) => {
-      if (!a?.base || names.has(a.base)) return;
-      const later = ops.findIndex((o, j) => j > i && o.op === "mmap" && o.as === a.base);
-      const hint =
-        later >= 0
-          ? `'${a.base}' is bound later, by the mmap at ${lineOf(later)}`
-          : names.size
-            ? `names bound so far: ${[...names].join(", ")}${didYouMean(a.base, [...names])}`
-            : "bind a name with an earlier mmap: { op: mmap, ..., as: buf }";
-      fail(path, `undefined address name '${a.base}'`, hint);
-    };
     if ("addr" in op) checkAddr(op.addr, at("addr"));
+    if (op.op === "mremap") checkAddr(op.newAddr, at("newAddr"));
     if (op.op === "check") {
       for (const [j, s] of (op.smaps ?? []).entries()) checkAddr(s.addr, at("smaps", j, "addr"));
     }
-    if (op.op === "mmap" && op.as) names.add(op.as);
+    if (op.op === "read" || op.op === "write")
+      checkContent(
+        op.expect?.content,
+        pagesOf(op.addr, op.len),
+        "the access touches",
+        at("expect", "content"),
+      );
+    if (op.op === "unpin") {
+      use(op.pin, "pin", at("pin")).gone = {
+        why: "was already unpinned",
+        hint: `it is unpinned at ${lineOf(i)}`,
+      };
+    }
+    if (op.op === "pinread") {
+      const b = use(op.pin, "pin", at("pin"));
+      checkContent(op.expect?.content, b.pages, "the pin holds", at("expect", "content"));
+    }
+    if (op.op === "piperead") {
+      const b = use(op.pipe, "pipe", at("pipe"));
+      checkContent(op.expect?.content, b.pages, "the pipe holds", at("expect", "content"));
+      b.gone = {
+        why: "was already read",
+        hint: `a pipe is read once, and the piperead at ${lineOf(i)} emptied it`,
+      };
+    }
+
+    const bind = bindingOf(op);
+    if (bind !== null) {
+      const old = bound.get(bind.name);
+      if (old !== undefined && old.kind !== bind.kind)
+        fail(
+          at("as"),
+          `'${bind.name}' already names ${KINDS[old.kind].a}`,
+          `it is bound by the ${ops[old.op].op} at ${lineOf(old.op)}; pick another name`,
+        );
+      if (old?.kind === "pin" && !old.gone)
+        fail(
+          at("as"),
+          `pin '${bind.name}' is still held`,
+          `unpin it first (it is taken at ${lineOf(old.op)}), or pick another name`,
+        );
+      if (old?.kind === "pipe" && !old.gone)
+        fail(
+          at("as"),
+          `pipe '${bind.name}' is still unread`,
+          `piperead it first (it is filled at ${lineOf(old.op)}), or pick another name`,
+        );
+      bound.set(bind.name, { kind: bind.kind, op: i, owner: "pid" in op ? op.pid : "", pages: bind.pages });
+    }
     checkOpAlone(op, (path, message, hint) => fail(at(...path), message, hint));
   });
 }
 
 /**
- * The rules on one op that its schema cannot state: fixed mappings have an addr, read/write content
- * lists one tag per page touched, and a check checks something. Calls fail (path within the op).
+ * The rules on one op that its schema cannot state: fixed mappings have an addr, an mremap's
+ * newAddr goes with fixed or dontunmap, and a check checks something. Calls fail (path within
+ * the op).
  */
 function checkOpAlone(op: OpBody, fail: (path: Path, message: string, hint: string) => never): void {
   if (op.op === "mmap") {
@@ -257,15 +411,15 @@ function checkOpAlone(op: OpBody, fail: (path: Path, message: string, hint: stri
       fail(["flags"], `flag '${fixed}' needs addr`, "give the address to map at: addr: 0x7f0000000000");
     }
   }
-  if ((op.op === "read" || op.op === "write") && Array.isArray(op.expect?.content)) {
-    // Names are bound to mmap results, which are page-aligned, so the offset fixes the alignment.
-    const first = ((op.addr.offset % PAGE_SIZE) + PAGE_SIZE) % PAGE_SIZE;
-    const pages = op.len === 0 ? 0 : Math.ceil((first + op.len) / PAGE_SIZE);
-    const n = op.expect.content.length;
-    if (n !== pages) {
-      const msg = `content lists ${plural(n, "page tag")}, but the access touches ${plural(pages, "page")}`;
-      fail(["expect", "content"], msg, "give one tag per page from addr to addr+len");
-    }
+  if (op.op === "mremap") {
+    if (op.flags & MREMAP_FIXED && op.newAddr === undefined)
+      fail(["flags"], "flag 'fixed' needs newAddr", "give the address to move to: newAddr: 0x7f0000000000");
+    if (op.newAddr !== undefined && !(op.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)))
+      fail(
+        ["newAddr"],
+        "newAddr is ignored without flag 'fixed' or 'dontunmap'",
+        "add flags: [maymove, fixed], or remove newAddr",
+      );
   }
   if (op.op === "check" && !op.status && !op.smaps && op.vmas === undefined) {
     fail([], "check has nothing to check", "add status, smaps or vmas");

@@ -14,9 +14,33 @@ import {
   smapsVma,
   status,
 } from "../report/proc.ts";
-import { ERRNO_NAMES, isErr, MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_NORMAL, PAGE_SIZE } from "../uapi.ts";
+import {
+  ERRNO_NAMES,
+  isErr,
+  MADV_DOFORK,
+  MADV_DONTFORK,
+  MADV_HUGEPAGE,
+  MADV_KEEPONFORK,
+  MADV_NOHUGEPAGE,
+  MADV_NORMAL,
+  MADV_WIPEONFORK,
+  MREMAP_DONTUNMAP,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
+  PAGE_SIZE,
+} from "../uapi.ts";
 import { ScenarioError } from "./load.ts";
-import type { AddrExpr, Op, Scenario, SyscallExpect } from "./schema.ts";
+import type { AddrExpr, Advice, ContentExpect, GupExpect, Op, Scenario, SyscallExpect } from "./schema.ts";
+
+const ADVICE_VALUES: Readonly<Record<Advice, number>> = {
+  hugepage: MADV_HUGEPAGE,
+  nohugepage: MADV_NOHUGEPAGE,
+  normal: MADV_NORMAL,
+  dontfork: MADV_DONTFORK,
+  dofork: MADV_DOFORK,
+  wipeonfork: MADV_WIPEONFORK,
+  keeponfork: MADV_KEEPONFORK,
+};
 
 /** One op's line in the log, and the expectations it failed. */
 export interface OpRecord {
@@ -76,18 +100,27 @@ export function bootScenario(sc: Scenario): Kernel {
   return new Kernel({
     ramBytes: sc.machine.ram,
     thp: { enabled: sc.machine.thp.enabled, useZeroPage: sc.machine.thp.useZeroPage, orders },
+    cow: sc.machine.cow.reuse,
   });
 }
 
 /**
  * Runs every op in order. Expectation failures are recorded, not thrown; a problem only the
- * run can find (an address name whose mmap failed) throws ScenarioError at the op.
+ * run can find (a name whose binding op failed: an mmap's address, a fork's child, a pin, a
+ * pipe) throws ScenarioError at the op that uses it.
  */
 export function runScenario(sc: Scenario): RunResult {
   const k = bootScenario(sc);
   const pids = new Map<string, number>();
-  const names = new Map<number, string>();
   const addrs = new Map<string, number>();
+  /** The tags each named write stored, and the write name of each such tag (for the log). */
+  const writes = new Map<string, number[]>();
+  const labels = new Map<number, string>();
+  /** Pin and pipe handles by name, with the process that holds them. */
+  const pins = new Map<string, { handle: number; owner: string }>();
+  const pipes = new Map<string, { handle: number; owner: string }>();
+  /** Names whose binding op failed at run time: that op's name, line and -errno. */
+  const unbound = new Map<string, { op: string; line: number; ret: number }>();
   const spawn = (name: string, op?: Op) => {
     const pid = k.createProcess();
     if (pid < 0)
@@ -100,7 +133,6 @@ export function runScenario(sc: Scenario): RunResult {
         "give the machine more ram",
       );
     pids.set(name, pid);
-    names.set(pid, name);
   };
   for (const name of sc.processes) spawn(name);
   const records: OpRecord[] = [];
@@ -109,22 +141,32 @@ export function runScenario(sc: Scenario): RunResult {
 
   sc.ops.forEach((op, index) => {
     const where = `ops[${index}]`;
-    const resolve = (a: AddrExpr): number => {
+    /** A name used at this op whose binding failed at run time: a ScenarioError that says which op. */
+    const notBound = (key: string, message: string, name: string): ScenarioError => {
+      const by = unbound.get(name);
+      const hint = by
+        ? `the ${by.op} at line ${by.line} that binds '${name}' returned -${ERRNO_NAMES[-by.ret] ?? -by.ret}`
+        : `bind '${name}' earlier`;
+      return new ScenarioError(sc.file, op.at.line, op.at.col, `${where}.${key}`, message, hint);
+    };
+    const resolve = (a: AddrExpr, key = "addr"): number => {
       if (a.base === null) return a.offset;
       const base = addrs.get(a.base);
-      if (base === undefined) {
-        throw new ScenarioError(
-          sc.file,
-          op.at.line,
-          op.at.col,
-          `${where}.addr`,
-          `address name '${a.base}' is not bound`,
-          `the mmap that names '${a.base}' failed; give it expect: { ok: true } to see why`,
-        );
-      }
+      if (base === undefined) throw notBound(key, `address name '${a.base}' is not bound`, a.base);
       return base + a.offset;
     };
-    const pid = pids.get(op.pid) ?? -1;
+    const pidOf = (name: string): number => {
+      const pid = pids.get(name);
+      if (pid === undefined) throw notBound("pid", `process '${name}' does not exist`, name);
+      return pid;
+    };
+    const handleOf = (table: typeof pins, kind: string, name: string) => {
+      const h = table.get(name);
+      if (h === undefined) throw notBound(kind, `${kind} '${name}' was not taken`, name);
+      return h;
+    };
+    const pid = op.op === "spawn" || !("pid" in op) ? -1 : pidOf(op.pid);
+    let who = "pid" in op ? op.pid : "";
     const rec: OpRecord = { index, line: op.at.line, text: "", failures: [] };
     const check = (ok: boolean, msg: string) => {
       if (ok) passed++;
@@ -133,22 +175,69 @@ export function runScenario(sc: Scenario): RunResult {
         rec.failures.push(`${sc.file}:${op.at.line}:${op.at.col}: expectation failed: ${msg}`);
       }
     };
-    const sysResult = (ret: number, expect: SyscallExpect | undefined) => {
-      const text = isErr(ret) ? `-${ERRNO_NAMES[-ret] ?? -ret}` : ret === 0 ? "0" : hex(ret);
+    /** The log text of a syscall's return value (success shown by show), checked against expect. */
+    const sysResult = (
+      ret: number,
+      expect: SyscallExpect | undefined,
+      show = (r: number) => (r === 0 ? "0" : hex(r)),
+    ) => {
+      const text = isErr(ret) ? `-${ERRNO_NAMES[-ret] ?? -ret}` : show(ret);
       if (expect !== undefined) {
         if ("ok" in expect) check(!isErr(ret), `expected success, got ${text}`);
         else check(ret === -errnoValue(expect.errno), `expected -${expect.errno}, got ${text}`);
       }
       return text;
     };
+    /** The log text of a pin or vmsplice result, checked against expect (pages taken included). */
+    const gupResult = (ret: number, expect: GupExpect | undefined, name: string | undefined) => {
+      const pages = isErr(ret) ? 0 : k.pinned(ret);
+      const stop = isErr(ret) ? 0 : k.gupStoppedBy(ret);
+      const text = sysResult(
+        ret,
+        expect,
+        () =>
+          `${plural(pages, "page")}${stop ? `, stopped by ${ERRNO_NAMES[stop] ?? stop}` : ""}${name ? `  [${name}]` : ""}`,
+      );
+      if (expect?.pages !== undefined && !isErr(ret))
+        check(pages === expect.pages, `expected ${plural(expect.pages, "page")} taken, got ${pages}`);
+      return text;
+    };
+    /** Checks tags (what pages hold) against a content expectation, write names expanded. */
+    const checkContent = (tags: number[], content: ContentExpect | undefined) => {
+      if (content === "zero")
+        check(
+          tags.length > 0 && tags.every((t) => t === 0),
+          `expected zeros, read ${tagsText(tags, labels)}`,
+        );
+      else if (content === "nonzero")
+        check(
+          tags.length > 0 && tags.every((t) => t !== 0),
+          `expected non-zero content, read ${tagsText(tags, labels)}`,
+        );
+      else if (content !== undefined) {
+        // Safe: the static check bound every name to an earlier write, and every write binds its name.
+        const want = content.flatMap((t) => (typeof t === "number" ? [t] : writes.get(t)!));
+        const named = content.some((t) => typeof t === "string");
+        check(
+          JSON.stringify(tags) === JSON.stringify(want),
+          named
+            ? `expected ${content.join(", ")} = ${tagsText(want, labels)}, got ${tagsText(tags, labels)}`
+            : `expected tags ${JSON.stringify(want)}, got ${JSON.stringify(tags)}`,
+        );
+      }
+    };
+    const bindAddr = (name: string | undefined, ret: number) => {
+      if (name === undefined) return;
+      if (isErr(ret)) {
+        addrs.delete(name);
+        unbound.set(name, { op: op.op, line: op.at.line, ret });
+      } else addrs.set(name, ret);
+    };
     switch (op.op) {
       case "mmap": {
         const addr = op.addr ? resolve(op.addr) : 0;
         const ret = k.mmap(pid, addr, op.len, op.prot, op.flags);
-        if (op.as !== undefined) {
-          if (isErr(ret)) addrs.delete(op.as);
-          else addrs.set(op.as, ret);
-        }
+        bindAddr(op.as, ret);
         rec.text = `mmap(${addr ? hex(addr) : "NULL"}, ${fmtSize(op.len)}, ${protText(op.prot)}, ${mapFlagsText(op.flags)}) = ${sysResult(ret, op.expect)}${op.as && !isErr(ret) ? `  [${op.as}]` : ""}`;
         break;
       }
@@ -165,11 +254,17 @@ export function runScenario(sc: Scenario): RunResult {
       }
       case "madvise": {
         const addr = resolve(op.addr);
-        const advice = { hugepage: MADV_HUGEPAGE, nohugepage: MADV_NOHUGEPAGE, normal: MADV_NORMAL }[
-          op.advice
-        ];
-        const ret = k.madvise(pid, addr, op.len, advice);
+        const ret = k.madvise(pid, addr, op.len, ADVICE_VALUES[op.advice]);
         rec.text = `madvise(${hex(addr)}, ${fmtSize(op.len)}, MADV_${op.advice.toUpperCase()}) = ${sysResult(ret, op.expect)}`;
+        break;
+      }
+      case "mremap": {
+        const addr = resolve(op.addr);
+        const newAddr = op.newAddr ? resolve(op.newAddr, "newAddr") : 0;
+        const ret = k.mremap(pid, addr, op.len, op.newLen, op.flags, newAddr);
+        bindAddr(op.as, ret);
+        const extra = op.newAddr ? `, ${hex(newAddr)}` : "";
+        rec.text = `mremap(${hex(addr)}, ${fmtSize(op.len)}, ${fmtSize(op.newLen)}, ${mremapFlagsText(op.flags)}${extra}) = ${sysResult(ret, op.expect)}${op.as && !isErr(ret) ? `  [${op.as}]` : ""}`;
         break;
       }
       case "read":
@@ -178,24 +273,21 @@ export function runScenario(sc: Scenario): RunResult {
         const r = op.op === "read" ? k.read(pid, addr, op.len) : k.write(pid, addr, op.len);
         const stop = r.signal ?? (r.oom ? "VM_FAULT_OOM" : null);
         const tags = op.op === "read" ? r.tags : Array.from({ length: r.pages }, (_, i) => r.firstTag + i);
-        rec.text = `${op.op}(${hex(addr)}, ${fmtSize(op.len)}): ${r.pages} pages${stop ? `, then ${stop}` : ""}${op.op === "read" ? ` ${tagsText(r.tags)}` : ""}`;
+        if (op.op === "write" && op.as !== undefined) {
+          writes.set(op.as, tags);
+          for (const t of tags) labels.set(t, op.as);
+        }
+        const shown =
+          op.op === "read"
+            ? ` ${tagsText(r.tags, labels)}`
+            : op.as !== undefined
+              ? `, stored ${tagsText(tags, labels)}`
+              : "";
+        rec.text = `${op.op}(${hex(addr)}, ${fmtSize(op.len)}): ${r.pages} pages${stop ? `, then ${stop}` : ""}${shown}`;
         const e = op.expect;
         if (e?.signal !== undefined)
           check((r.signal ?? "none") === e.signal, `expected signal ${e.signal}, got ${r.signal ?? "none"}`);
-        if (e?.content !== undefined) {
-          if (e.content === "zero")
-            check(tags.length > 0 && tags.every((t) => t === 0), `expected zeros, read ${tagsText(tags)}`);
-          else if (e.content === "nonzero")
-            check(
-              tags.length > 0 && tags.every((t) => t !== 0),
-              `expected non-zero content, read ${tagsText(tags)}`,
-            );
-          else
-            check(
-              JSON.stringify(tags) === JSON.stringify(e.content),
-              `expected tags ${JSON.stringify(e.content)}, got ${JSON.stringify(tags)}`,
-            );
-        }
+        checkContent(tags, e?.content);
         break;
       }
       case "check": {
@@ -245,13 +337,68 @@ export function runScenario(sc: Scenario): RunResult {
         spawn(op.pid, op);
         rec.text = `spawn = pid ${pids.get(op.pid)}`;
         break;
+      case "fork": {
+        const ret = k.fork(pid);
+        if (isErr(ret)) unbound.set(op.child, { op: "fork", line: op.at.line, ret });
+        else pids.set(op.child, ret);
+        rec.text = `fork() = ${sysResult(ret, op.expect, (r) => `pid ${r}  [${op.child}]`)}`;
+        break;
+      }
       case "exit":
         k.exit(pid);
         pids.delete(op.pid);
+        // exit_files: the kernel released the process's pins and pipes.
+        for (const table of [pins, pipes])
+          for (const [name, h] of table) if (h.owner === op.pid) table.delete(name);
         rec.text = "exit";
         break;
+      case "pin": {
+        const addr = resolve(op.addr);
+        const ret = k.pin(pid, addr, op.len, { write: op.write, longterm: op.longterm, fast: op.fast });
+        if (op.as !== undefined) {
+          if (isErr(ret)) unbound.set(op.as, { op: "pin", line: op.at.line, ret });
+          else pins.set(op.as, { handle: ret, owner: op.pid });
+        }
+        const foll = ["FOLL_PIN", op.write && "FOLL_WRITE", op.longterm && "FOLL_LONGTERM"].filter(Boolean);
+        rec.text = `pin_user_pages${op.fast ? "_fast" : ""}(${hex(addr)}, ${fmtSize(op.len)}, ${foll.join("|")}) = ${gupResult(ret, op.expect, op.as)}`;
+        break;
+      }
+      case "unpin": {
+        const h = handleOf(pins, "pin", op.pin);
+        who = h.owner;
+        pins.delete(op.pin);
+        rec.text = `unpin_user_pages(${op.pin}) = ${sysResult(k.unpin(h.handle), undefined)}`;
+        break;
+      }
+      case "pinread": {
+        const h = handleOf(pins, "pin", op.pin);
+        who = h.owner;
+        const tags = k.pinRead(h.handle);
+        rec.text = `pinread(${op.pin}): ${plural(tags.length, "page")} ${tagsText(tags, labels)}`;
+        checkContent(tags, op.expect?.content);
+        break;
+      }
+      case "vmsplice": {
+        const addr = resolve(op.addr);
+        const ret = k.vmsplice(pid, addr, op.len);
+        if (op.as !== undefined) {
+          if (isErr(ret)) unbound.set(op.as, { op: "vmsplice", line: op.at.line, ret });
+          else pipes.set(op.as, { handle: ret, owner: op.pid });
+        }
+        rec.text = `vmsplice(${hex(addr)}, ${fmtSize(op.len)}) = ${gupResult(ret, op.expect, op.as)}`;
+        break;
+      }
+      case "piperead": {
+        const h = handleOf(pipes, "pipe", op.pipe);
+        who = h.owner;
+        pipes.delete(op.pipe);
+        const tags = k.pipeRead(h.handle);
+        rec.text = `piperead(${op.pipe}): ${plural(tags.length, "page")} ${tagsText(tags, labels)}`;
+        checkContent(tags, op.expect?.content);
+        break;
+      }
     }
-    rec.text = `${op.op === "spawn" ? op.pid : op.pid}: ${rec.text}`;
+    rec.text = `${who}: ${rec.text}`;
     records.push(rec);
   });
 
@@ -270,6 +417,8 @@ export function runScenario(sc: Scenario): RunResult {
     expectations: { passed, failed },
   };
 }
+
+const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
 
 function errnoValue(name: string): number {
   for (const [v, n] of Object.entries(ERRNO_NAMES)) if (n === name) return Number(v);
@@ -301,13 +450,28 @@ function mapFlagsText(flags: number): string {
     .join("|");
 }
 
-/** Content tags, runs of zeros folded: "[0 x3, 7, 8]". */
-function tagsText(tags: number[]): string {
+/** MREMAP_* flag names joined by |, or 0. */
+function mremapFlagsText(flags: number): string {
+  const names: [number, string][] = [
+    [MREMAP_MAYMOVE, "MREMAP_MAYMOVE"],
+    [MREMAP_FIXED, "MREMAP_FIXED"],
+    [MREMAP_DONTUNMAP, "MREMAP_DONTUNMAP"],
+  ];
+  const set = names.filter(([bit]) => flags & bit).map(([, n]) => n);
+  return set.length ? set.join("|") : "0";
+}
+
+/**
+ * Content tags, runs of zeros folded, a tag a named write stored followed by that name:
+ * "[0 x3, 7 (A), 8]".
+ */
+function tagsText(tags: number[], labels?: ReadonlyMap<number, string>): string {
   const out: string[] = [];
   for (let i = 0; i < tags.length; ) {
     let n = 1;
     while (tags[i + n] === 0 && tags[i] === 0) n++;
-    out.push(n > 1 ? `0 x${n}` : String(tags[i]));
+    const label = labels?.get(tags[i]);
+    out.push(n > 1 ? `0 x${n}` : label ? `${tags[i]} (${label})` : String(tags[i]));
     i += n;
   }
   if (out.length > 12) return `[${out.slice(0, 10).join(", ")}, ... ${out.length - 10} more]`;

@@ -14,6 +14,9 @@ import {
   MAP_POPULATE,
   MAP_PRIVATE,
   MAP_SHARED,
+  MREMAP_DONTUNMAP,
+  MREMAP_FIXED,
+  MREMAP_MAYMOVE,
   PAGE_SIZE,
   PROT_EXEC,
   PROT_READ,
@@ -104,8 +107,15 @@ function count(what: string): ErrorFn {
   };
 }
 
-/** z.strictObject whose unknown keys are reported with the allowed keys and the closest one. */
-function strict<S extends z.core.$ZodLooseShape>(shape: S, what: string) {
+/**
+ * z.strictObject whose unknown keys are reported with the allowed keys and the closest one, or
+ * with keyHints' hint for a key people are likely to add by mistake.
+ */
+function strict<S extends z.core.$ZodLooseShape>(
+  shape: S,
+  what: string,
+  keyHints: Readonly<Record<string, string>> = {},
+) {
   const keys = Object.keys(shape);
   const notObject = expected(what, `write ${what}`);
   return z.strictObject(shape, {
@@ -114,7 +124,7 @@ function strict<S extends z.core.$ZodLooseShape>(shape: S, what: string) {
       const bad = iss.keys.map((k) => `'${k}'`).join(", ");
       return withHint(
         `unknown key${iss.keys.length > 1 ? "s" : ""} ${bad}`,
-        `allowed keys here: ${keys.join(", ")}${didYouMean(iss.keys[0], keys)}`,
+        keyHints[iss.keys[0]] ?? `allowed keys here: ${keys.join(", ")}${didYouMean(iss.keys[0], keys)}`,
       );
     },
   });
@@ -221,12 +231,32 @@ const addr = z
   })
   .meta({ id: "Address", description: ADDR_WHAT });
 
-const addrName = z.string({ error: expected("an address name like buf", "write as: buf") }).regex(NAME_RE, {
-  error: expected(
-    "an address name like buf",
+/** A name an op's `as` binds: what it names (for messages) and an example. */
+function bindName(what: string, example: string) {
+  const err = expected(
+    `${what} like ${example}`,
     "names use letters, digits and _, and do not start with a digit; '-' means minus",
-  ),
-});
+  );
+  return z.string({ error: expected(`${what} like ${example}`, `write as: ${example}`) }).regex(NAME_RE, {
+    error: err,
+  });
+}
+
+const addrName = bindName("an address name", "buf");
+/** The words content expectations reserve; a write cannot take them as its name. */
+export const CONTENT_WORDS = ["zero", "nonzero"] as const;
+const writeName = bindName("a write name", "A").refine(
+  (n) => !(CONTENT_WORDS as readonly string[]).includes(n),
+  {
+    error: (iss) =>
+      withHint(
+        `a write cannot be named ${describe(iss.input)}`,
+        "zero and nonzero are content words; pick another name, like A",
+      ),
+  },
+);
+const pinName = bindName("a pin name", "p");
+const pipeName = bindName("a pipe name", "pipe");
 
 const processName = z.string({ error: expected("a process name like a", "write pid: a") }).regex(PID_RE, {
   error: expected(
@@ -313,6 +343,7 @@ export const SCENARIO_ERRNOS = [
   "EFAULT",
   "EOVERFLOW",
   "EOPNOTSUPP",
+  "EAGAIN",
 ] as const;
 export type ErrnoName = (typeof SCENARIO_ERRNOS)[number];
 /** What a syscall must return: success, or failure with this errno. */
@@ -338,26 +369,86 @@ const sysExpect = strict(
   })
   .meta({ id: "SyscallExpect", description: "{ errno: NAME } or { ok: true }" });
 
-const CONTENT_WORDS = ["zero", "nonzero"] as const;
+/**
+ * What pages must hold: "zero", "nonzero", or one entry per page, each a content tag or the
+ * name of an earlier write, which stands for the tags that write stored (one per page it wrote).
+ */
+export type ContentExpect = "zero" | "nonzero" | TagRef[];
+/** A page content tag, or a write name standing for the tags that write stored. */
+export type TagRef = number | string;
+
+const CONTENT_WHAT = "zero, nonzero, a write name, or a list of page tags and write names";
+const isTagRef = (t: unknown) =>
+  (typeof t === "number" && Number.isSafeInteger(t) && t >= 0) || (typeof t === "string" && NAME_RE.test(t));
 const contentError: ErrorFn = (iss) => {
-  if (typeof iss.input === "string") return oneOf("content", CONTENT_WORDS)(iss);
-  const bad = Array.isArray(iss.input) ? iss.input.find((t) => !Number.isSafeInteger(t) || t < 0) : undefined;
+  const bad = Array.isArray(iss.input)
+    ? iss.input.find((t) => !isTagRef(t))
+    : iss.path?.length && typeof iss.path.at(-1) === "number"
+      ? iss.input // an item of the list
+      : undefined;
   if (bad !== undefined)
-    return withHint(`bad page tag ${describe(bad)}`, "page tags are whole numbers >= 0, one per page");
-  return expected("zero, nonzero or a list of page tags", "content: [1, 1, 0] gives one tag per page")(iss);
+    return withHint(
+      `bad page tag ${describe(bad)}`,
+      "each item is a whole number >= 0 (a tag) or the name of an earlier write (its tags)",
+    );
+  return expected(CONTENT_WHAT, "content: A (the tags write A stored), or [0, A, 7]: one item per page")(iss);
 };
-const pageTag = z.int({ error: count("a page content tag") }).min(0, { error: count("a page content tag") });
+// The options carry the error too: zod reports an option's own issue when only that option's type matched.
+const tagRef = z.union(
+  [
+    z.int({ error: contentError }).min(0, { error: contentError }),
+    z.string({ error: contentError }).regex(NAME_RE, { error: contentError }),
+  ],
+  { error: contentError },
+);
+const content = z
+  .union(
+    [
+      z.enum(CONTENT_WORDS, { error: contentError }),
+      z.string({ error: contentError }).regex(NAME_RE, { error: contentError }),
+      z.array(tagRef, { error: contentError }),
+    ],
+    { error: contentError },
+  )
+  .transform((c): ContentExpect => (c === "zero" || c === "nonzero" ? c : typeof c === "string" ? [c] : c))
+  .describe("zero | nonzero | a write name | one content tag or write name per page");
 
 const accessExpect = strict(
   {
-    content: z
-      .union([z.enum(CONTENT_WORDS), z.array(pageTag)], { error: contentError })
-      .optional()
-      .describe("zero | nonzero | one content tag per page"),
+    content: content.optional(),
     signal: z.enum(["SIGSEGV", "none"], { error: oneOf("signal", ["SIGSEGV", "none"]) }).optional(),
   },
   "{ content: zero } or { signal: SIGSEGV }",
 );
+
+/** What pinread and piperead must return: the content of the pages the pin or pipe holds. */
+const heldExpect = strict({ content }, "{ content: A }");
+
+/** What a pin or vmsplice must return: a syscall expectation, and how many pages it took. */
+export type GupExpect = SyscallExpect & { pages?: number };
+const GUP_EXPECT_HINT = "write expect: { ok: true }, { ok: true, pages: 2 } or { errno: EFAULT }";
+const gupExpect = strict(
+  {
+    errno: z.enum(SCENARIO_ERRNOS, { error: oneOf("errno", SCENARIO_ERRNOS) }).optional(),
+    ok: z.literal(true, { error: expected("true", GUP_EXPECT_HINT) }).optional(),
+    pages: z
+      .int({ error: count("a number of pages") })
+      .min(1, { error: withHint("pages must be at least 1", "a failed call takes no pages: use errno") })
+      .optional()
+      .describe("the number of pages taken (fewer than the range when it stopped short)"),
+  },
+  "{ ok: true, pages: N } or { errno: NAME }",
+).transform((e, ctx): GupExpect => {
+  if (e.errno !== undefined && e.ok === undefined && e.pages === undefined) return { errno: e.errno };
+  if (e.errno === undefined && (e.ok || e.pages !== undefined))
+    return e.pages === undefined ? { ok: true } : { ok: true, pages: e.pages };
+  ctx.issues.push({
+    code: "custom",
+    input: e,
+    message: withHint("expect needs errno, or ok and/or pages, not both", GUP_EXPECT_HINT),
+  });
+  return z.NEVER;
+});
 
 // ---------------------------------------------------------------------------------------------
 // Ops.
@@ -390,7 +481,16 @@ const mprotectOp = strict(
   { op: z.literal("mprotect"), pid, addr, len: size, prot, expect: sysExpect.optional() },
   OP_WHAT,
 );
-const ADVICE = ["hugepage", "nohugepage", "normal"] as const;
+const ADVICE = [
+  "hugepage",
+  "nohugepage",
+  "normal",
+  "dontfork",
+  "dofork",
+  "wipeonfork",
+  "keeponfork",
+] as const;
+export type Advice = (typeof ADVICE)[number];
 const madviseOp = strict(
   {
     op: z.literal("madvise"),
@@ -407,8 +507,90 @@ const readOp = strict(
   OP_WHAT,
 );
 const writeOp = strict(
-  { op: z.literal("write"), pid, addr, len: size, expect: accessExpect.optional() },
+  {
+    op: z.literal("write"),
+    pid,
+    addr,
+    len: size,
+    as: writeName.optional().describe("names the content tags this write stores, for later expectations"),
+    expect: accessExpect.optional(),
+  },
   OP_WHAT,
+);
+
+const MREMAP_FLAG_NAMES = ["maymove", "fixed", "dontunmap"] as const;
+const MREMAP_FLAG_BITS: Readonly<Record<(typeof MREMAP_FLAG_NAMES)[number], number>> = {
+  maymove: MREMAP_MAYMOVE,
+  fixed: MREMAP_FIXED,
+  dontunmap: MREMAP_DONTUNMAP,
+};
+const mremapFlags = z
+  .array(z.enum(MREMAP_FLAG_NAMES, { error: oneOf("mremap flag", MREMAP_FLAG_NAMES) }), {
+    error: expected("a list of mremap flags like [maymove]", `flags are: ${MREMAP_FLAG_NAMES.join(", ")}`),
+  })
+  .default([])
+  .transform((names) => names.reduce((bits, n) => bits | MREMAP_FLAG_BITS[n], 0))
+  .describe("mremap flags; default []");
+const mremapOp = strict(
+  {
+    op: z.literal("mremap"),
+    pid,
+    addr,
+    len: size.describe("old_len"),
+    newLen: size,
+    flags: mremapFlags,
+    newAddr: addr.optional().describe("new_addr: with fixed the target, with dontunmap a hint"),
+    as: addrName.optional(),
+    expect: sysExpect.optional(),
+  },
+  OP_WHAT,
+);
+
+const bool = (key: string) =>
+  z
+    .boolean({ error: expected("true or false", `${key}: true or ${key}: false (yes and no are strings)`) })
+    .optional();
+const pinOp = strict(
+  {
+    op: z.literal("pin"),
+    pid,
+    addr,
+    len: size,
+    write: bool("write").describe("FOLL_WRITE"),
+    longterm: bool("longterm").describe("FOLL_LONGTERM"),
+    fast: bool("fast").describe("pin_user_pages_fast: gup_fast first"),
+    as: pinName.optional(),
+    expect: gupExpect.optional(),
+  },
+  OP_WHAT,
+);
+const PIN_WHAT = "a pin name like p";
+const pinRef = z
+  .string({ error: expected(PIN_WHAT, "write pin: p, naming an earlier pin's as") })
+  .regex(NAME_RE, {
+    error: expected(PIN_WHAT, "write pin: p, naming an earlier pin's as"),
+  });
+const NO_PID = {
+  pid: "this op acts for the process that holds the pin or pipe: remove pid",
+} as const;
+const unpinOp = strict({ op: z.literal("unpin"), pin: pinRef }, OP_WHAT, NO_PID);
+const pinreadOp = strict(
+  { op: z.literal("pinread"), pin: pinRef, expect: heldExpect.optional() },
+  OP_WHAT,
+  NO_PID,
+);
+const vmspliceOp = strict(
+  { op: z.literal("vmsplice"), pid, addr, len: size, as: pipeName.optional(), expect: gupExpect.optional() },
+  OP_WHAT,
+);
+const PIPE_WHAT = "a pipe name like pipe";
+const pipeRef = z
+  .string({ error: expected(PIPE_WHAT, "write pipe: pipe, naming an earlier vmsplice's as") })
+  .regex(NAME_RE, { error: expected(PIPE_WHAT, "write pipe: pipe, naming an earlier vmsplice's as") });
+const pipereadOp = strict(
+  { op: z.literal("piperead"), pipe: pipeRef, expect: heldExpect.optional() },
+  OP_WHAT,
+  NO_PID,
 );
 
 const status = strict(
@@ -454,6 +636,10 @@ const checkOp = strict(
 );
 const dumpOp = strict({ op: z.literal("dump"), pid, addr: addr.optional(), len: size.optional() }, OP_WHAT);
 const spawnOp = strict({ op: z.literal("spawn"), pid: processName }, OP_WHAT);
+const forkOp = strict(
+  { op: z.literal("fork"), pid, child: processName, expect: sysExpect.optional() },
+  OP_WHAT,
+);
 const exitOp = strict({ op: z.literal("exit"), pid }, OP_WHAT);
 
 const OPS = [
@@ -461,12 +647,19 @@ const OPS = [
   munmapOp,
   mprotectOp,
   madviseOp,
+  mremapOp,
   readOp,
   writeOp,
   checkOp,
   dumpOp,
   spawnOp,
+  forkOp,
   exitOp,
+  pinOp,
+  unpinOp,
+  pinreadOp,
+  vmspliceOp,
+  pipereadOp,
 ] as const;
 /** The op names, in documentation order. */
 export const OP_NAMES = OPS.map((o) => o.shape.op.value);
@@ -516,12 +709,24 @@ const thp = strict(
   "a mapping like { enabled: madvise }",
 ).prefault({});
 
+const COW_REUSE = ["modern", "legacy"] as const;
+const cow = strict(
+  {
+    reuse: z
+      .enum(COW_REUSE, { error: oneOf("reuse rule", COW_REUSE) })
+      .default("modern")
+      .describe("modern: Linux 6.18 (PageAnonExclusive); legacy: before 5.8 (reuse when mapcount is 1)"),
+  },
+  "a mapping like { reuse: legacy }",
+).prefault({});
+
 const machine = strict(
   {
     ram: size.refine((n) => n > 0 && n % PAGE_SIZE === 0, {
       error: withHint("ram must be a positive multiple of 4KiB", "write ram: 4GiB"),
     }),
     thp,
+    cow,
   },
   "a mapping like { ram: 4GiB }",
 );
