@@ -31,7 +31,10 @@ export interface FuzzResult {
   operations: number;
   /** The seed of the batch that failed (or the first seed). */
   seed: number;
-  /** On failure: the check's message ("audit: ...", "reference: ..."), then fast-check's report. */
+  /**
+   * On failure: the check's message ("audit: ...", "reference: ..."), how it was found and
+   * shrunk, and the shrunk case: the machine, then one operation per line.
+   */
   report: string;
   /** On failure: the command-line arguments that replay the shrunk case. */
   replay: string;
@@ -59,7 +62,7 @@ export function fuzz(opts: FuzzOptions): FuzzResult {
         runs: runs + details.numRuns,
         operations,
         seed,
-        report: `${err}\n${fc.defaultReportMessage(details) ?? ""}`,
+        report: formatFailure(err, details.numRuns, details.numShrinks, details.counterexample),
         replay: `--cow ${opts.cow} --seed ${seed} --runs ${numRuns} --path ${details.counterexamplePath ?? ""}`,
       };
     }
@@ -67,4 +70,14 @@ export function fuzz(opts: FuzzOptions): FuzzResult {
     if (opts.runs !== undefined || operations >= (opts.ops ?? 0))
       return { ok: true, runs, operations, seed: opts.seed, report: "", replay: "" };
   }
+}
+
+function formatFailure(err: string, runs: number, shrinks: number, example: unknown): string {
+  const [machine, ops] = (example ?? [{}, []]) as [unknown, unknown[]];
+  return [
+    err,
+    `found by case ${runs}, shrunk ${shrinks} times to ${ops.length} operations:`,
+    `  machine ${JSON.stringify(machine)}`,
+    ...ops.map((op, i) => `  ${String(i + 1).padStart(3)} ${JSON.stringify(op)}`),
+  ].join("\n");
 }

@@ -40,9 +40,9 @@ import { MAX_MAP_COUNT, type Mm } from "./mm.ts";
 import { getUnmappedArea, vmEnoughMemory } from "./mmap.ts";
 import { isPmdLeaf, pmdAlloc, populate, pteAlloc, pudAlloc } from "./pgalloc.ts";
 import { type PageTable, pgdIndex, pmdIndex, pteIndex, pteMapped, pudIndex } from "./pgtable.ts";
-import { anonVmaClone, unlinkAnonVmas } from "./rmap.ts";
+import { unlinkAnonVmas } from "./rmap.ts";
 import { canMergeAdjacent, isMergeableAnonVma, VM_ACCOUNT, VM_MAYSHARE, VM_SHARED, Vma } from "./vma.ts";
-import { cloneVma, doMunmap, mergeInto } from "./vma-ops.ts";
+import { cloneVma, doMunmap, dupAnonVma, mergeInto } from "./vma-ops.ts";
 import { EV } from "./vmstat.ts";
 
 /** The three flags mremap knows. They are its low bits, so any larger value has an unknown one. */
@@ -337,14 +337,6 @@ function moveVma(mm: Mm, vrm: VmaRemap): number {
   if (vrm.flags & MREMAP_DONTUNMAP) dontunmapComplete(mm, vma, newVma, vrm.addr, vrm.oldLen);
   else unmapSourceVma(mm, vrm.addr, vrm.oldLen);
   return vrm.newAddr;
-}
-
-/** dup_anon_vma: a VMA without an anon_vma that absorbs src's range takes src's anon_vmas. */
-function dupAnonVma(dst: Vma, src: Vma): void {
-  if (dst.anonVma === null && src.anonVma !== null) {
-    dst.anonVma = src.anonVma;
-    anonVmaClone(dst, src);
-  }
 }
 
 /**

@@ -66,7 +66,7 @@ function __splitVma(mm: Mm, vma: Vma, addr: number): Vma {
 }
 
 /** dup_anon_vma: a VMA without an anon_vma that absorbs pages of `src` takes src's anon_vmas. */
-function dupAnonVma(dst: Vma, src: Vma): void {
+export function dupAnonVma(dst: Vma, src: Vma): void {
   if (dst.anonVma === null && src.anonVma !== null) {
     dst.anonVma = src.anonVma;
     anonVmaClone(dst, src);
