@@ -608,6 +608,16 @@ describe("mremap moves", () => {
     expect(k.machine.shmemObjects.size).toBe(1);
   });
 
+  it("unmaps the source, then fails with EFAULT, when a FIXED duplicate (old_len 0) targets the source itself", () => {
+    // Measured on Linux 6.18: mremap(x, 0, 2 MiB, MAYMOVE|FIXED, x) on a shared mapping returns
+    // EFAULT and x is no longer mapped: mremap_to unmaps [new_addr, new_addr + new_len) before
+    // it looks the source VMA up again (the ranges do not overlap when old_len is 0).
+    const { k, pid } = boot();
+    mapAt(k, pid, B, 5 * P, RW, SHARED);
+    expect(remap(k, pid, B, 0, 512 * P, MM | FX, B)).toBe(-EFAULT);
+    expect(areas(k, pid)).toEqual([]);
+  });
+
   it("moves pages a forked child shares with its parent, and rmap still finds them", () => {
     const { k, pid } = boot();
     mapAt(k, pid, B, 4 * P);
