@@ -368,7 +368,7 @@ function boot(b: Backing, cow: CowReuse = "modern"): { w: World; owner: number; 
   const lay = b.build(w, owner);
   const pg = w.page(owner, lay.probe);
   expect(
-    { kind: pg.kind, order: pg.order, pmd: pg.pmd, exclusive: pg.exclusive },
+    { kind: pg.kind, order: pg.order, pmd: pg.pmd, exclusive: pg.anonExclusive },
     "precondition: the probe as built",
   ).toEqual({ kind: "anon", order: b.order, pmd: b.pmd, exclusive: b.exclusive });
   return { w, owner, lay };
@@ -386,7 +386,7 @@ interface Operation {
 function expectSharedAfterFork(w: World, b: Backing, probe: number, pids: number[], pfn: number): void {
   for (const pid of pids) {
     const pg = w.page(pid, probe);
-    expect({ pfn: pg.pfn, writable: pg.writable, exclusive: pg.exclusive, pmd: pg.pmd }).toEqual({
+    expect({ pfn: pg.pfn, writable: pg.writable, exclusive: pg.anonExclusive, pmd: pg.pmd }).toEqual({
       pfn,
       writable: false,
       exclusive: false,
@@ -399,7 +399,7 @@ function expectSharedAfterFork(w: World, b: Backing, probe: number, pids: number
 function expectCopied(w: World, pid: number, probe: number, oldPfn: number): void {
   const pg = w.page(pid, probe);
   expect(pg.pfn).not.toBe(oldPfn);
-  expect({ order: pg.order, pmd: pg.pmd, exclusive: pg.exclusive, writable: pg.writable }).toEqual({
+  expect({ order: pg.order, pmd: pg.pmd, exclusive: pg.anonExclusive, writable: pg.writable }).toEqual({
     order: 0,
     pmd: false,
     exclusive: true,
@@ -590,7 +590,7 @@ function roPin(state: PinState, fast: boolean): Operation {
       expect(w.stat("gup_unshare") - unshare0, "unshare faults").toBe(unshare ? 1 : 0);
       expect(w.stat("gup_fast") - fast0, "pages taken by gup_fast").toBe(fast && !unshare ? 1 : 0);
       const pg = w.page(owner, probe);
-      expect(pg.exclusive, "the pinned page is PageAnonExclusive").toBe(true);
+      expect(pg.anonExclusive, "the pinned page is PageAnonExclusive").toBe(true);
       if (pinKeepsPage(b, state)) expect(pg.pfn).toBe(pfn);
       else expect({ copy: pg.pfn !== pfn, order: pg.order }).toEqual({ copy: true, order: 0 });
       expect(w.pinRead(pin)).toBe(t0);
@@ -621,7 +621,10 @@ function rwPinMprotect(state: PinState, fast: boolean): Operation {
       enterPinState(w, lay, owner, state);
       const pin = w.pin(owner, probe, { write: true, fast });
       const pg = w.page(owner, probe);
-      expect({ exclusive: pg.exclusive, writable: pg.writable }).toEqual({ exclusive: true, writable: true });
+      expect({ exclusive: pg.anonExclusive, writable: pg.writable }).toEqual({
+        exclusive: true,
+        writable: true,
+      });
       expect(pg.pfn === pfn, "the pin kept the probe's own page").toBe(pinKeepsPage(b, state));
       expect(w.pinRead(pin)).toBe(t0);
       const [s, len] = w.vmaOf(owner, probe);
@@ -629,7 +632,7 @@ function rwPinMprotect(state: PinState, fast: boolean): Operation {
       expect(w.page(owner, probe).writable).toBe(false);
       w.mprotect(owner, s, len, RW);
       const back = w.page(owner, probe);
-      expect({ pfn: back.pfn, exclusive: back.exclusive, writable: back.writable }).toEqual({
+      expect({ pfn: back.pfn, exclusive: back.anonExclusive, writable: back.writable }).toEqual({
         pfn: pg.pfn,
         exclusive: true,
         writable: true,

@@ -624,9 +624,13 @@ describe("mremap moves", () => {
     const tag = fill(k, pid, B, 4 * P);
     const child = k.fork(pid);
     audit(k);
-    const before = pageDump(k.mm(child), B, B + 4 * P).map((p) => [p.pfn, p.exclusive, p.writable]);
+    const before = pageDump(k.mm(child), B, B + 4 * P).map((p) => [p.pfn, p.anonExclusive, p.writable]);
     expect(remap(k, child, B + P, 2 * P, 2 * P, MM | FX, B + G)).toBe(B + G);
-    const after = pageDump(k.mm(child), B + G, B + G + 2 * P).map((p) => [p.pfn, p.exclusive, p.writable]);
+    const after = pageDump(k.mm(child), B + G, B + G + 2 * P).map((p) => [
+      p.pfn,
+      p.anonExclusive,
+      p.writable,
+    ]);
     expect(after).toEqual(before.slice(1, 3));
     const w = fill(k, child, B + G, P); // COW in the child only
     expectTags(k, pid, B, 4 * P, tag);
@@ -658,7 +662,7 @@ describe("mremap moves page tables as Linux does", () => {
     expect(s.get("pte_write") - (before.pte_write ?? 0)).toBe(0);
     expect(s.get("thp_split_pmd")).toBe(0);
     const [p] = pageDump(k.mm(pid), B + G, B + G + P);
-    expect(p).toMatchObject({ kind: "anon", pmd: true, head, mapcount: 1, refcount: 1, exclusive: true });
+    expect(p).toMatchObject({ kind: "anon", pmd: true, head, mapcount: 1, refcount: 1, anonExclusive: true });
     expect(anonHuge(k, pid, B + G)).toBe(2048);
     expect(vmPte(k, pid)).toBe(12);
     expect(status(k.mm(pid)).RssAnon).toBe(2048);
@@ -678,7 +682,7 @@ describe("mremap moves page tables as Linux does", () => {
     ] as const) {
       half.forEach((p, i) => {
         expect(p).toMatchObject({ kind: "anon", pmd: false, head, order: 9, pfn: first + i, mapcount: 1 });
-        expect(p.exclusive).toBe(true);
+        expect(p.anonExclusive).toBe(true);
       });
     }
     expect(k.machine.memmap.ref(head)).toBe(512);

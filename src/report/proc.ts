@@ -136,7 +136,15 @@ export interface PageInfo {
   order: number;
   /** Mapped by a PMD leaf rather than a PTE. */
   pmd: boolean;
+  /**
+   * pagemap's PM_MMAP_EXCLUSIVE (bit 56): the page is mapped exactly once
+   * (__folio_page_mapped_exclusively with CONFIG_PAGE_MAPCOUNT, as on our 6.18 machines: its
+   * precise mapcount is 1). Under a PMD the head page's count speaks for all 512, as
+   * pagemap_pmd_range computes it once. Not PageAnonExclusive: see anonExclusive.
+   */
   exclusive: boolean;
+  /** PageAnonExclusive (kpageflags bit 34 on x86-64), the head's for a PMD-mapped THP. */
+  anonExclusive: boolean;
   writable: boolean;
   dirty: boolean;
   present: boolean;
@@ -159,6 +167,7 @@ export function pageDump(mm: Mm, start: number, end: number): PageInfo[] {
       order: 0,
       pmd: false,
       exclusive: false,
+      anonExclusive: false,
       writable: false,
       dirty: false,
       present: false,
@@ -201,10 +210,10 @@ export function pageDump(mm: Mm, start: number, end: number): PageInfo[] {
     info.kind = mem.test(head, PG_anon) ? "anon" : "shmem";
     info.head = head;
     info.order = mem.order(head);
-    // pagemap's "exclusively mapped" bit: PageAnonExclusive for anon (the head's for a PMD map).
-    info.exclusive =
-      info.kind === "anon" ? mem.test(info.pmd ? head : pfn, PG_anon_exclusive) : mem.mapcount(pfn) === 1;
-    info.mapcount = mem.mapcount(pfn) + (info.order > 0 ? mem.entireMapcount(head) : 0);
+    const precise = (page: number) => mem.mapcount(page) + (info.order > 0 ? mem.entireMapcount(head) : 0);
+    info.mapcount = precise(pfn);
+    info.exclusive = precise(info.pmd ? head : pfn) === 1;
+    info.anonExclusive = info.kind === "anon" && mem.test(info.pmd ? head : pfn, PG_anon_exclusive);
     info.refcount = mem.ref(head);
     info.tag = mem.tag(pfn);
   }
@@ -239,7 +248,9 @@ export function formatStatus(s: Status): string {
  * consecutive pfns in one folio) fold into one line.
  */
 export function formatPageDump(pages: PageInfo[]): string {
-  const lines: string[] = ["address          pages  kind      pfn        folio          map  excl wr dirty"];
+  const lines: string[] = [
+    "address          pages  kind      pfn        folio          map  excl ae wr dirty",
+  ];
   for (let i = 0; i < pages.length; ) {
     const p = pages[i];
     let n = 1;
@@ -248,7 +259,7 @@ export function formatPageDump(pages: PageInfo[]): string {
     const pfn = p.pfn < 0 ? "-" : p.pfn.toString(16);
     const yes = (b: boolean) => (b ? "y" : "-");
     lines.push(
-      `${hex(p.addr)}  ${String(n).padStart(5)}  ${p.kind.padEnd(8)}  ${pfn.padEnd(9)}  ${folio.padEnd(13)}  ${String(p.mapcount).padStart(3)}  ${yes(p.exclusive).padStart(4)} ${yes(p.writable).padStart(2)} ${yes(p.dirty).padStart(5)}`,
+      `${hex(p.addr)}  ${String(n).padStart(5)}  ${p.kind.padEnd(8)}  ${pfn.padEnd(9)}  ${folio.padEnd(13)}  ${String(p.mapcount).padStart(3)}  ${yes(p.exclusive).padStart(4)} ${yes(p.anonExclusive).padStart(2)} ${yes(p.writable).padStart(2)} ${yes(p.dirty).padStart(5)}`,
     );
     i += n;
   }
@@ -258,6 +269,7 @@ export function formatPageDump(pages: PageInfo[]): string {
 function continues(a: PageInfo, b: PageInfo): boolean {
   if (a.kind !== b.kind || a.pmd !== b.pmd || a.exclusive !== b.exclusive || a.writable !== b.writable)
     return false;
+  if (a.anonExclusive !== b.anonExclusive) return false;
   if (a.dirty !== b.dirty || a.mapcount !== b.mapcount) return false;
   if (a.kind === "none" || a.kind === "zero") return true;
   return b.pfn === a.pfn + 1 && a.head === b.head;
