@@ -2,7 +2,7 @@
 // test and `vmlab fuzz`.
 
 import fc from "fast-check";
-import { Kernel } from "../mm/kernel.ts";
+import { type ForkPtCopy, Kernel } from "../mm/kernel.ts";
 import type { CowReuse, ThpGlobal, ThpPolicy } from "../mm/machine.ts";
 import { type AbstractOp, Lockstep } from "./driver.ts";
 
@@ -94,6 +94,7 @@ const policyArb = fc.constantFrom<ThpPolicy>("never", "always", "madvise", "inhe
 export const machineArbOf = (cow: CowReuse) =>
   fc.record({
     cow: fc.constant(cow),
+    ptCopy: fc.constantFrom<ForkPtCopy>("per-pte", "batched"),
     ramMiB: fc.constantFrom(8, 16, 64), // >= 2048 pages: no mprotect here outgrows the commit limit
     enabled: fc.constantFrom("always", "madvise", "never") as fc.Arbitrary<"always" | "madvise" | "never">,
     useZeroPage: fc.boolean(),
@@ -105,20 +106,26 @@ export const machineArb = machineArbOf("modern");
 
 export type MachineCase = {
   cow: CowReuse;
+  ptCopy: ForkPtCopy;
   ramMiB: number;
   enabled: ThpGlobal;
   useZeroPage: boolean;
   orders: Record<number, ThpPolicy>;
 };
 
-/** One checked run: boots the machine, runs the operations in lockstep, exits every process. */
-export function runCase(mc: MachineCase, ops: AbstractOp[]): Lockstep {
-  const k = new Kernel({
+/** The kernel a random machine describes. */
+export function bootCase(mc: MachineCase): Kernel {
+  return new Kernel({
     ramBytes: mc.ramMiB * 2 ** 20,
     thp: { enabled: mc.enabled, useZeroPage: mc.useZeroPage, orders: mc.orders },
     cow: mc.cow,
+    fork: { ptCopy: mc.ptCopy },
   });
-  const run = new Lockstep(k);
+}
+
+/** One checked run: boots the machine, runs the operations in lockstep, exits every process. */
+export function runCase(mc: MachineCase, ops: AbstractOp[]): Lockstep {
+  const run = new Lockstep(bootCase(mc));
   run.step({ kind: "spawn" });
   for (const op of ops) run.step(op);
   for (const pid of [...run.pids]) run.step({ kind: "exit", proc: run.pids.indexOf(pid) });

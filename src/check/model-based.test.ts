@@ -3,7 +3,10 @@
 
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { machineArb, machineArbOf, opsArb, runCase } from "./arbitraries.ts";
+import { FORK_PT_COPY, type ForkPtCopy, type Kernel } from "../mm/kernel.ts";
+import { pageDump, status } from "../report/proc.ts";
+import { bootCase, machineArb, machineArbOf, opsArb, runCase } from "./arbitraries.ts";
+import { Lockstep } from "./driver.ts";
 
 let totalOps = 0;
 /** Event counts summed over all runs, to show which mechanisms the runs reached. */
@@ -19,6 +22,28 @@ describe("vmlab against the reference model", () => {
         for (const [name, n] of Object.entries(counts)) reached[name] = (reached[name] ?? 0) + n;
       }),
       { numRuns: Number(process.env.VMLAB_FUZZ_RUNS ?? 150), seed: 20261122 },
+    );
+  });
+
+  it("leaves the same page-level state under every fork design as under per-PTE, operation by operation", () => {
+    // The designs differ in how they count (one refcount and rmap update per batch), never in
+    // what they leave: the same frames, sharing, exclusivity, protections and RSS everywhere.
+    const designs = Object.keys(FORK_PT_COPY) as ForkPtCopy[];
+    const snapshot = (k: Kernel) =>
+      k.pids().map((pid) => {
+        const mm = k.mm(pid);
+        return { pid, status: status(mm), pages: mm.vmas.map((v) => pageDump(mm, v.start, v.end)) };
+      });
+    fc.assert(
+      fc.property(machineArb, opsArb, (mc, ops) => {
+        const runs = designs.map((ptCopy) => new Lockstep(bootCase({ ...mc, ptCopy })));
+        for (const op of [{ kind: "spawn" } as const, ...ops]) {
+          for (const r of runs) r.step(op);
+          const want = snapshot(runs[0].k);
+          for (const r of runs.slice(1)) expect(snapshot(r.k)).toEqual(want);
+        }
+      }),
+      { numRuns: 12, seed: 20261204 },
     );
   });
 

@@ -58,7 +58,7 @@ function copyPresentPage(
  * entries become read-only; the child's entry is old (and clean in a shared mapping). The zero
  * page is shared as it is. A possibly pinned exclusive page is copied instead.
  */
-function copyPresentPte(
+export function copyPresentPte(
   dst: Mm,
   src: Mm,
   dpte: PageTable,

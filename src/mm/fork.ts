@@ -4,7 +4,7 @@
 // both processes so that the first write to them faults and copies (or reuses).
 //
 // How the PTEs of one table are copied is a design choice: one file per design implements
-// PteCopyDesign (fork-per-pte.ts is the one in Linux before 6.9).
+// PteCopyDesign (fork-per-pte.ts is Linux before 6.9, fork-batched.ts 6.9 and later).
 
 import { ENOMEM, PMD_SIZE, PUD_SIZE } from "../uapi.ts";
 import { copyHugePmd } from "./huge-memory.ts";

@@ -3,6 +3,7 @@
 
 import { EINVAL, ENOMEM, PAGE_SIZE, PMD_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
 import { dupMmap } from "./fork.ts";
+import { batched } from "./fork-batched.ts";
 import { perPte } from "./fork-per-pte.ts";
 import { FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, getUserPages, gupPutFolio } from "./gup.ts";
 import { VM_FAULT_OOM, VM_FAULT_SIGBUS } from "./huge-memory.ts";
@@ -31,7 +32,16 @@ export interface KernelConfig {
   thp?: Partial<ThpConfig>;
   /** The COW reuse rule: "modern" (Linux 6.18, the default) or "legacy" (before 5.8). */
   cow?: CowReuse;
+  /** How fork copies page tables (fork.ptCopy): see FORK_PT_COPY. Default "batched", as 6.18. */
+  fork?: { ptCopy?: ForkPtCopy };
 }
+
+/**
+ * The fork designs by name: "per-pte" is copy_pte_range before 6.9, one entry at a time;
+ * "batched" is 6.9 and later (folio_pte_batch).
+ */
+export const FORK_PT_COPY = { "per-pte": perPte, batched } as const;
+export type ForkPtCopy = keyof typeof FORK_PT_COPY;
 
 /**
  * The outcome of a user access to [addr, addr + len): how many pages it completed, the content
@@ -70,6 +80,8 @@ export class Kernel {
   private readonly tasks = new Map<number, Mm>();
   private nextPid = 1;
   private nextHandle = 1;
+  /** The fork design in force (KernelConfig.fork.ptCopy). */
+  readonly forkPtCopy: ForkPtCopy;
 
   /** Boots a machine. RAM defaults to 4 GiB and THP to Linux 6.18's defaults. */
   constructor(config: KernelConfig = {}) {
@@ -79,6 +91,7 @@ export class Kernel {
       thp,
       cow: config.cow ?? "modern",
     });
+    this.forkPtCopy = config.fork?.ptCopy ?? "batched";
   }
 
   /** Creates a process with an empty address space (mm_alloc). Returns its pid, or -ENOMEM. */
@@ -130,8 +143,8 @@ export class Kernel {
   }
 
   /**
-   * fork(): a new process whose address space is a copy of pid's (dup_mmap with the per-PTE
-   * copy). Returns the child's pid, or -ENOMEM, in which case the half-built child is torn
+   * fork(): a new process whose address space is a copy of pid's (dup_mmap, with the page-table
+   * copy of the fork design in force). Returns the child's pid, or -ENOMEM, in which case the half-built child is torn
    * down (as mmput does) and the parent's entries stay write-protected, as in Linux.
    */
   fork(pid: number): number {
@@ -139,7 +152,7 @@ export class Kernel {
     this.machine.stat.inc(EV.syscall);
     const child = this.createProcess();
     if (child < 0) return child;
-    const r = dupMmap(this.mm(child), parent, perPte);
+    const r = dupMmap(this.mm(child), parent, FORK_PT_COPY[this.forkPtCopy]);
     if (r < 0) {
       this.exit(child);
       return r;

@@ -91,6 +91,7 @@ describe("parseScenario on a valid file", () => {
         },
       },
       cow: { reuse: "modern" },
+      fork: { ptCopy: "batched" },
     });
     expect(s.processes).toEqual(["a"]);
   });

@@ -101,6 +101,7 @@ export function bootScenario(sc: Scenario): Kernel {
     ramBytes: sc.machine.ram,
     thp: { enabled: sc.machine.thp.enabled, useZeroPage: sc.machine.thp.useZeroPage, orders },
     cow: sc.machine.cow.reuse,
+    fork: { ptCopy: sc.machine.fork.ptCopy },
   });
 }
 

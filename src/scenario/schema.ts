@@ -720,6 +720,17 @@ const cow = strict(
   "a mapping like { reuse: legacy }",
 ).prefault({});
 
+const PT_COPY = ["batched", "per-pte"] as const;
+const fork = strict(
+  {
+    ptCopy: z
+      .enum(PT_COPY, { error: oneOf("fork design", PT_COPY) })
+      .default("batched")
+      .describe("batched: Linux 6.9+ (folio_pte_batch); per-pte: one entry at a time, as before 6.9"),
+  },
+  "a mapping like { ptCopy: per-pte }",
+).prefault({});
+
 const machine = strict(
   {
     ram: size.refine((n) => n > 0 && n % PAGE_SIZE === 0, {
@@ -727,6 +738,7 @@ const machine = strict(
     }),
     thp,
     cow,
+    fork,
   },
   "a mapping like { ram: 4GiB }",
 );
