@@ -63,7 +63,18 @@ program
           })
         : null;
     bar?.start(ops ?? 0, 0);
-    const r = fuzz({ ops, runs, seed, cow: opts.cow, path: opts.path, progress: (n) => bar?.update(n) });
+    const r = fuzz({
+      ops,
+      runs,
+      seed,
+      cow: opts.cow,
+      path: opts.path,
+      progress: (n) => {
+        // The last batch runs to its end, past the budget: grow the bar with it.
+        if (bar && n > bar.getTotal()) bar.setTotal(n);
+        bar?.update(n);
+      },
+    });
     bar?.stop();
     if (r.ok) {
       process.stdout.write(
