@@ -1,0 +1,337 @@
+import { spawn, spawnSync } from "node:child_process";
+import {
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import {
+  CalibrateRefusal,
+  checkKnobAccess,
+  type KnobEnv,
+  knobLockPath,
+  listKnobs,
+  parseKnob,
+  saveKnobs,
+  THP_SYSFS_ROOT,
+  withKnobs,
+} from "./knobs.ts";
+import {
+  checkFolioLayout,
+  knobSettingsFor,
+  type LiveSample,
+  measureLive,
+  median,
+  parseMicrobenchOutput,
+} from "./live.ts";
+
+const REPO = fileURLToPath(new URL("../..", import.meta.url));
+
+/** A fake THP sysfs directory of plain files, shaped like the one on Linux 6.18. */
+function fakeSysfs(): string {
+  const root = mkdtempSync(join(tmpdir(), "vmlab-fake-thp-"));
+  writeFileSync(join(root, "enabled"), "always [madvise] never\n");
+  writeFileSync(join(root, "hpage_pmd_size"), "2097152\n");
+  for (const kib of [16, 64, 2048]) {
+    mkdirSync(join(root, `hugepages-${kib}kB`));
+    writeFileSync(
+      join(root, `hugepages-${kib}kB`, "enabled"),
+      kib === 2048 ? "always [inherit] madvise never\n" : "always inherit madvise [never]\n",
+    );
+  }
+  mkdirSync(join(root, "hugepages-8kB")); // shmem only: no "enabled"
+  writeFileSync(
+    join(root, "hugepages-8kB", "shmem_enabled"),
+    "always inherit within_size advise [never] deny force\n",
+  );
+  return root;
+}
+
+const ORIGINAL = {
+  enabled: "madvise",
+  "hugepages-16kB/enabled": "never",
+  "hugepages-64kB/enabled": "never",
+  "hugepages-2048kB/enabled": "inherit",
+};
+
+describe("THP knobs", () => {
+  let root: string;
+  let env: KnobEnv;
+  beforeEach(() => {
+    root = fakeSysfs();
+    env = { root, uid: 0, platform: "linux" };
+  });
+  afterEach(() => rmSync(root, { recursive: true, force: true }));
+
+  it("lists the global knob and every size that has an enabled knob, smallest first", () => {
+    expect(listKnobs(root)).toEqual([
+      "enabled",
+      "hugepages-16kB/enabled",
+      "hugepages-64kB/enabled",
+      "hugepages-2048kB/enabled",
+    ]);
+  });
+
+  it("reads the bracketed choice of a sysfs knob", () => {
+    expect(parseKnob("always [madvise] never\n")).toEqual({
+      value: "madvise",
+      choices: ["always", "madvise", "never"],
+    });
+    expect(saveKnobs(root).values).toEqual(ORIGINAL);
+  });
+
+  it("sets the knobs for fn and puts every one back afterwards, removing its handlers", async () => {
+    const listeners = () =>
+      ["SIGINT", "SIGTERM", "uncaughtException", "exit"].map((s) => process.listenerCount(s));
+    const before = listeners();
+    const inside = await withKnobs(
+      { enabled: "never", "hugepages-16kB/enabled": "always" },
+      () => {
+        expect(listeners()).not.toEqual(before);
+        return saveKnobs(root).values;
+      },
+      env,
+    );
+    expect(inside).toMatchObject({ enabled: "never", "hugepages-16kB/enabled": "always" });
+    expect(saveKnobs(root).values).toEqual(ORIGINAL);
+    expect(listeners()).toEqual(before);
+  });
+
+  it("puts every knob back when fn throws, and rethrows fn's error", async () => {
+    await expect(
+      withKnobs(
+        { "hugepages-64kB/enabled": "always" },
+        async () => {
+          // A knob the settings did not name is restored too: all are saved first.
+          writeFileSync(join(root, "hugepages-2048kB/enabled"), "always");
+          throw new Error("measurement failed");
+        },
+        env,
+      ),
+    ).rejects.toThrow("measurement failed");
+    expect(saveKnobs(root).values).toEqual(ORIGINAL);
+  });
+
+  it("refuses a value the knob does not offer and leaves every knob as it was", async () => {
+    await expect(
+      withKnobs({ enabled: "always", "hugepages-16kB/enabled": "sometimes" }, () => 0, env),
+    ).rejects.toThrow(/has no value "sometimes"/);
+    expect(saveKnobs(root).values).toEqual(ORIGINAL);
+  });
+
+  it("refuses clearly without root", () => {
+    const run = () => checkKnobAccess(["enabled"], { ...env, uid: 1000 });
+    expect(run).toThrow(CalibrateRefusal);
+    expect(run).toThrow(/must run as root .* \(uid is 1000\)/);
+    try {
+      run();
+    } catch (e) {
+      expect((e as CalibrateRefusal).hint).toMatch(/sudo/);
+    }
+  });
+
+  it("refuses clearly off Linux", () => {
+    expect(() => checkKnobAccess(["enabled"], { ...env, platform: "darwin" })).toThrow(
+      /measures the live Linux kernel, and this is darwin/,
+    );
+  });
+
+  it("refuses a knob this kernel does not have", () => {
+    expect(() => checkKnobAccess(["hugepages-32kB/enabled"], env)).toThrow(
+      /hugepages-32kB\/enabled does not exist/,
+    );
+  });
+
+  it("refuses a knob it cannot write", () => {
+    // /proc/sys/kernel/ostype is read-only even for root, and holds one word as a fake knob does.
+    rmSync(join(root, "hugepages-16kB/enabled"));
+    symlinkSync("/proc/sys/kernel/ostype", join(root, "hugepages-16kB/enabled"));
+    expect(() => checkKnobAccess(["hugepages-16kB/enabled"], env)).toThrow(/is not writable/);
+  });
+
+  it("refuses while another live process holds the knobs, and takes over a stale lock", async () => {
+    await withKnobs(
+      {},
+      async () => {
+        await expect(withKnobs({}, () => 0, env)).rejects.toThrow(/already active/);
+      },
+      env,
+    );
+    // A lock left by a process that is gone does not block.
+    const sleeper = spawn("sleep", ["0"]);
+    await new Promise((r) => sleeper.on("exit", r));
+    writeFileSync(knobLockPath(root), `${sleeper.pid}\n`);
+    await withKnobs({}, () => 0, env);
+    expect(existsSync(knobLockPath(root))).toBe(false);
+    // A live one does.
+    writeFileSync(knobLockPath(root), `${process.ppid}\n`);
+    await expect(withKnobs({}, () => 0, env)).rejects.toThrow(
+      /another process \(pid \d+\) is changing the THP knobs/,
+    );
+    rmSync(knobLockPath(root));
+  });
+
+  const signalScript = (): string => {
+    const script = join(root, "hold-knobs.mts");
+    writeFileSync(
+      script,
+      `import { withKnobs } from ${JSON.stringify(pathToFileURL(join(REPO, "src/calibrate/knobs.ts")).href)};
+const [root, mode] = process.argv.slice(2);
+await withKnobs({ enabled: "never", "hugepages-2048kB/enabled": "always" }, async () => {
+  if (mode === "SIGINT" || mode === "SIGTERM") process.kill(process.pid, mode);
+  if (mode === "uncaught") setTimeout(() => { throw new Error("boom from a timer"); }, 0);
+  await new Promise((r) => setTimeout(r, 20_000));
+}, { root, uid: 0, platform: "linux" });
+`,
+    );
+    return script;
+  };
+
+  for (const [mode, status] of [
+    ["SIGINT", 130],
+    ["SIGTERM", 143],
+    ["uncaught", 1],
+  ] as const) {
+    it(`puts every knob back and exits ${status} on ${mode === "uncaught" ? "an uncaught exception" : mode}`, () => {
+      const r = spawnSync(process.execPath, ["--import", "tsx", signalScript(), root, mode], {
+        cwd: REPO,
+        encoding: "utf8",
+        timeout: 30_000,
+      });
+      expect(r.stderr).toMatch(
+        mode === "uncaught" ? /boom from a timer \(THP knobs restored\)/ : /THP knobs restored/,
+      );
+      expect(r.status).toBe(status);
+      expect(saveKnobs(root).values).toEqual(ORIGINAL);
+    });
+  }
+});
+
+const sample = (over: Partial<LiveSample>): LiveSample => ({
+  workload: "fork",
+  sizeMiB: 16,
+  rep: 0,
+  pteMapped: false,
+  hugepageAdvice: false,
+  ns: 1e6,
+  pages: 4096,
+  nsPerGiB: 6.4e7,
+  nsPerPage: 244,
+  faults: null,
+  nsPerFault: null,
+  anonHugeKiB: 0,
+  splitPmdDelta: 0,
+  folios: { "4": 4096 },
+  otherFolioPages: 0,
+  absentPages: 0,
+  mthpAllocDelta: {},
+  ...over,
+});
+
+describe("live calibration, without the kernel", () => {
+  const knobs = ["enabled", "hugepages-16kB/enabled", "hugepages-64kB/enabled", "hugepages-2048kB/enabled"];
+
+  it("turns every size off but the one asked for", () => {
+    expect(knobSettingsFor("4k", knobs)).toEqual({
+      enabled: "never",
+      "hugepages-16kB/enabled": "never",
+      "hugepages-64kB/enabled": "never",
+      "hugepages-2048kB/enabled": "never",
+    });
+    expect(knobSettingsFor("64k", knobs)["hugepages-64kB/enabled"]).toBe("always");
+    expect(knobSettingsFor("pte-mapped-thp", knobs)["hugepages-2048kB/enabled"]).toBe("always");
+    expect(knobSettingsFor("pmd", ["enabled"])).toEqual({ enabled: "always" });
+    expect(() => knobSettingsFor("16k", ["enabled"])).toThrow(/no THP knob for 16 KiB folios/);
+  });
+
+  it("accepts a sample only when its folios are the size asked for", () => {
+    expect(checkFolioLayout("4k", sample({}))).toBeNull();
+    expect(checkFolioLayout("16k", sample({}))).toMatch(
+      /0 of 4096 pages in 16 KiB folios \(4096 pages in 4 KiB/,
+    );
+    const thp = sample({ folios: { "2048": 4096 }, anonHugeKiB: 16384 });
+    expect(checkFolioLayout("pmd", thp)).toBeNull();
+    expect(checkFolioLayout("pte-mapped-thp", thp)).toMatch(/still PMD-mapped/);
+    expect(checkFolioLayout("pte-mapped-thp", { ...thp, anonHugeKiB: 0 })).toBeNull();
+    expect(checkFolioLayout("pmd", { ...thp, anonHugeKiB: 0 })).toMatch(/only 0 of 16384 KiB PMD-mapped/);
+    expect(checkFolioLayout("4k", sample({ folios: null }))).toMatch(/unreadable/);
+  });
+
+  it("parses microbench lines and rejects a field it does not know", () => {
+    const line = JSON.stringify(sample({}));
+    expect(parseMicrobenchOutput(`${line}\n${line}\n`)).toHaveLength(2);
+    expect(() => parseMicrobenchOutput(JSON.stringify({ ...sample({}), extra: 1 }))).toThrow(
+      /parseMicrobenchOutput: line 1/,
+    );
+  });
+
+  it("takes medians of the measured values only", () => {
+    expect(median([3, 1, 2])).toBe(2);
+    expect(median([4, null, 1, 2, 3])).toBe(2.5);
+    expect(median([null])).toBeNull();
+  });
+
+  it("refuses before compiling or touching a knob without root or off Linux", async () => {
+    const base = {
+      workloads: ["fork"] as const,
+      folio: "4k" as const,
+      sizeMiB: 16,
+      reps: 1,
+      cacheDir: "/nonexistent",
+    };
+    await expect(measureLive({ ...base, env: { uid: 1000, platform: "linux" } })).rejects.toThrow(
+      /must run as root/,
+    );
+    await expect(measureLive({ ...base, env: { uid: 0, platform: "win32" } })).rejects.toThrow(
+      /this is win32/,
+    );
+  });
+});
+
+/** Why the live test cannot run here, or null when it can. */
+function liveSkipReason(): string | null {
+  if (process.platform !== "linux") return `not Linux (${process.platform})`;
+  if (process.getuid?.() !== 0) return "not root";
+  try {
+    checkKnobAccess(listKnobs(THP_SYSFS_ROOT).length ? listKnobs(THP_SYSFS_ROOT) : ["enabled"]);
+  } catch (e) {
+    return (e as Error).message;
+  }
+  if (spawnSync("cc", ["--version"]).status !== 0) return "no cc";
+  return null;
+}
+const skipLive = liveSkipReason();
+
+describe("live calibration on this kernel", () => {
+  it.skipIf(skipLive !== null)(
+    `measures a 16 MiB fork with 4 KiB and PMD folios and puts the knobs back${skipLive ? ` (skipped: ${skipLive})` : ""}`,
+    async () => {
+      const before = saveKnobs().values;
+      const raw = () => listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"));
+      const rawBefore = raw();
+      const cacheDir = mkdtempSync(join(tmpdir(), "vmlab-microbench-"));
+      try {
+        for (const folio of ["4k", "pmd"] as const) {
+          const [r] = await measureLive({ workloads: ["fork"], folio, sizeMiB: 16, reps: 3, cacheDir });
+          expect(r.notes).toEqual([]);
+          expect(r.achieved).toBe(true);
+          expect(r.samples).toHaveLength(3);
+          // Seeds: 16.7 ms/GiB (4 KiB) and 0.46 ms/GiB (PMD); 16 MiB adds fork's fixed cost.
+          expect(r.median.nsPerGiB).toBeGreaterThan(1e4);
+          expect(r.median.nsPerGiB).toBeLessThan(1e10);
+          expect(saveKnobs().values).toEqual(before);
+        }
+      } finally {
+        rmSync(cacheDir, { recursive: true, force: true });
+      }
+      expect(raw()).toEqual(rawBefore);
+    },
+  );
+});
