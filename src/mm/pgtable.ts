@@ -57,7 +57,10 @@ export function mkHi(pfn: number, nx: boolean): number {
 }
 /** The pfn held by an entry's two words. */
 export function entryPfn(lo: number, hi: number): number {
-  return (lo >>> 12) + (hi & 0xfffff) * 2 ** PFN_LO_BITS;
+  // Below 2^20 pages (4 GiB of RAM) the high word holds no pfn bits: return a small integer
+  // then, which keeps the callers' arithmetic on the fast integer path.
+  const high = hi & 0xfffff;
+  return high === 0 ? lo >>> 12 : (lo >>> 12) + high * 2 ** PFN_LO_BITS;
 }
 
 export const pgdIndex = (addr: number): number => Math.floor(addr / PGDIR_SIZE) & 511;

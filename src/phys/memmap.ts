@@ -165,8 +165,9 @@ export class MemMap {
 
   /** The head pfn of the folio containing pfn (folios are naturally aligned). */
   folioHead(pfn: number): number {
-    const order = this.order(pfn);
-    return pfn - (pfn % (1 << order));
+    // Bitwise, not %: a pfn read from a page-table entry may be a double, and a double modulo
+    // is a slow library call. The low bits of ToInt32(pfn) are exact for any safe integer.
+    return pfn - (pfn & ((1 << this.order(pfn)) - 1));
   }
 
   /**
