@@ -15,6 +15,7 @@ import {
   _PAGE_RW,
   _PAGE_SOFT_DIRTY,
   _PAGE_SPECIAL,
+  LO_FLAGS,
   mkHi,
   mkLo,
   type PageTable,
@@ -24,8 +25,6 @@ import {
 import { folioAddRmapPtes, folioTryDupAnonRmapPtes } from "./rmap.ts";
 import { VM_SHARED, type Vma } from "./vma.ts";
 import { EV } from "./vmstat.ts";
-
-const LO_FLAGS = 0xfff;
 
 /**
  * folio_pte_batch (FPB_MERGE_WRITE): how many entries from spte[k] on, at most maxNr, map

@@ -39,7 +39,8 @@ export const _PAGE_NX_HI = 1 << 31;
 /** The bits an intermediate (table) entry carries: _PAGE_TABLE. */
 export const _PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY;
 
-const LO_FLAGS = 0xfff;
+/** The flag bits of an entry's low word (bits 0..11); the rest is pfn. */
+export const LO_FLAGS = 0xfff;
 const PFN_LO_BITS = 20;
 
 export const PTRS_PER_TABLE = 512;
