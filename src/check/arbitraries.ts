@@ -94,7 +94,7 @@ const policyArb = fc.constantFrom<ThpPolicy>("never", "always", "madvise", "inhe
 export const machineArbOf = (cow: CowReuse) =>
   fc.record({
     cow: fc.constant(cow),
-    ptCopy: fc.constantFrom<ForkPtCopy>("per-pte", "batched"),
+    ptCopy: fc.constantFrom<ForkPtCopy>("per-pte", "batched", "cow-pte", "cow-pte-deferred"),
     ramMiB: fc.constantFrom(8, 16, 64), // >= 2048 pages: no mprotect here outgrows the commit limit
     enabled: fc.constantFrom("always", "madvise", "never") as fc.Arbitrary<"always" | "madvise" | "never">,
     useZeroPage: fc.boolean(),

@@ -24,6 +24,11 @@
 //               order-9 folios (or the huge zero page) and have a deposited, empty table
 //   RSS         MM_ANONPAGES and MM_SHMEMPAGES equal the mapped pages found
 //   VMAs        sorted, disjoint, page aligned, anon_vma and shmem user counts add up
+//   cow-pte     a shared PTE table is reached by exactly its sharers (two or more), through
+//               read-only PMD entries at its address, inside one COW VMA of each; it never
+//               changes without its generation changing (a walker that forgot to break COW);
+//               v4 keeps its entries read-only; no page under it is pinned; VmPTE counts it for
+//               its owner only, and under deferred accounting so do the folio counts and RSS
 //   deferred    queued folios are large anon folios, marked partly mapped or new PMD THPs; every
 //               partly mapped large anon folio is marked and queued
 
@@ -31,6 +36,7 @@ import { FOLL_PIN } from "../mm/gup.ts";
 import type { Kernel } from "../mm/kernel.ts";
 import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, type Mm } from "../mm/mm.ts";
 import {
+  _PAGE_ACCESSED,
   _PAGE_NX_HI,
   _PAGE_PRESENT,
   _PAGE_PROTNONE,
@@ -44,7 +50,7 @@ import {
 } from "../mm/pgtable.ts";
 import { GUP_PIN_COUNTING_BIAS, rmapWalk } from "../mm/rmap.ts";
 import type { AnonVma, Vma } from "../mm/vma.ts";
-import { VM_ACCESS_FLAGS, VM_EXEC, VM_SHARED, VM_WRITE } from "../mm/vma.ts";
+import { VM_ACCESS_FLAGS, VM_EXEC, VM_MAYWRITE, VM_SHARED, VM_WRITE } from "../mm/vma.ts";
 import {
   PAGES_PER_SECTION,
   PG_anon,
@@ -81,6 +87,23 @@ class Expect {
   readonly pincount = new Map<number, number>();
   /** pfns under a FOLL_PIN. */
   readonly pinned = new Set<number>();
+  /** shared PTE table -> the mms reaching it. */
+  readonly sharedSeen = new Map<PageTable, Mm[]>();
+  /** pfns mapped through a shared PTE table. */
+  readonly underShared = new Set<number>();
+}
+
+/** The generation and checksum of each shared table when the audit last saw it. */
+const seals = new WeakMap<PageTable, { gen: number; sum: number }>();
+
+/** FNV-1a over a table's words, accessed bits masked: the MMU may set those in place. */
+function tableChecksum(t: PageTable): number {
+  let h = 0x811c9dc5;
+  for (let w = 0; w < t.e.length; w++) {
+    h ^= w % 2 === 0 ? t.e[w] & ~_PAGE_ACCESSED : t.e[w];
+    h = Math.imul(h, 16777619);
+  }
+  return h >>> 0;
 }
 
 function fail(msg: string): never {
@@ -104,6 +127,7 @@ export function audit(k: Kernel): void {
     auditTables(k, mm, ex);
   }
   auditAnonVmas(k, anonVmaUse, live);
+  auditSharedTables(ex);
   for (const [id, obj] of m.shmemObjects) {
     const n = shmemUse.get(id) ?? 0;
     if (obj.users !== n) fail(`shmem object ${id} has ${obj.users} users, found ${n} VMAs`);
@@ -156,6 +180,12 @@ function auditTables(k: Kernel, mm: Mm, ex: Expect): void {
   const rss = [0, 0, 0];
   let tables = 0;
   const seeTable = (t: PageTable, what: string) => {
+    if (t.cow !== null) {
+      const seen = ex.sharedSeen.get(t) ?? [];
+      if (seen.includes(mm)) fail(`pid ${mm.pid}: shared table pfn ${t.pfn} reachable twice`);
+      ex.sharedSeen.set(t, [...seen, mm]);
+      if (seen.length > 0) return;
+    }
     if (ex.tables.has(t.pfn)) fail(`pid ${mm.pid}: ${what} table pfn ${t.pfn} reachable twice`);
     ex.tables.add(t.pfn);
     if (!m.memmap.test(t.pfn, PG_table) || m.memmap.ref(t.pfn) !== 1) {
@@ -189,7 +219,8 @@ function auditTables(k: Kernel, mm: Mm, ex: Expect): void {
         }
         if (lower === undefined) fail(`pid ${mm.pid}: PMD at ${hex(addr)} has no table`);
         seeTable(lower, "pte");
-        tables++;
+        if (lower.cow === null || lower.cow.owner === mm) tables++;
+        if (lower.cow !== null) auditSharedTable(mm, pmd, d, lower, addr);
         if (pmd.lo(d) & _PAGE_PSE) {
           if (lower.used !== 0) fail(`pid ${mm.pid}: deposited table at ${hex(addr)} is not empty`);
           auditHugePmd(k, mm, pmd, d, addr, ex, rss);
@@ -292,6 +323,8 @@ function auditAnonVmas(k: Kernel, active: Map<AnonVma, number>, live: Set<Vma>):
 /** Pins under the modern rule: a pinned anon page still mapped is exclusive to its mm. */
 function auditPins(k: Kernel, ex: Expect): void {
   const m = k.machine;
+  for (const pfn of ex.pinned)
+    if (ex.underShared.has(pfn)) fail(`pinned page ${pfn} is mapped through a shared PTE table`);
   if (m.cow !== "modern") return;
   for (const pfn of ex.pinned) {
     const head = m.memmap.folioHead(pfn);
@@ -347,8 +380,48 @@ function auditHugePmd(
   rss[MM_ANONPAGES] += HPAGE_PMD_NR;
 }
 
+/** One sharer's view of a shared PTE table (cow-pte.ts): entry, address, VMA, seal. */
+function auditSharedTable(mm: Mm, pmd: PageTable, d: number, t: PageTable, addr: number): void {
+  // Non-null: called for shared tables.
+  const c = t.cow!;
+  const where = `pid ${mm.pid}: shared table at ${hex(addr)}`;
+  if (pmd.lo(d) & (_PAGE_PSE | _PAGE_RW)) fail(`${where} sits under a writable or huge PMD entry`);
+  if (c.addr !== addr) fail(`${where} is recorded at ${hex(c.addr)}`);
+  if (!c.sharers.includes(mm)) fail(`${where} does not list this mm as a sharer`);
+  if (!c.sharers.includes(c.owner)) fail(`${where} is owned by pid ${c.owner.pid}, not a sharer`);
+  if (c.deferred !== (mm.machine.cowPte === "deferred")) fail(`${where} has the other design's accounting`);
+  const vma = mm.vmaLookup(addr);
+  if (
+    vma === undefined ||
+    vma.end < addr + PMD_SIZE ||
+    (vma.flags & (VM_SHARED | VM_MAYWRITE)) !== VM_MAYWRITE
+  )
+    fail(`${where} is not inside one COW VMA`);
+  if (!c.deferred)
+    for (let j = 0; j < 512; j++) if (t.lo(j) & _PAGE_RW) fail(`${where} holds a writable entry`);
+  const sum = tableChecksum(t);
+  const last = seals.get(t);
+  if (last !== undefined && last.gen === c.gen && last.sum !== sum)
+    fail(`${where} changed while shared (a walker did not break COW)`);
+  seals.set(t, { gen: c.gen, sum });
+}
+
+/** Every shared table is reached by exactly its sharers, two or more. */
+function auditSharedTables(ex: Expect): void {
+  for (const [t, seen] of ex.sharedSeen) {
+    // Non-null: only shared tables are recorded.
+    const c = t.cow!;
+    const want = c.sharers.map((mm) => mm.pid).sort((a, b) => a - b);
+    const got = seen.map((mm) => mm.pid).sort((a, b) => a - b);
+    if (want.length < 2 || want.join() !== got.join() || new Set(want).size !== want.length)
+      fail(`shared table pfn ${t.pfn} lists sharers [${want}], reached by [${got}]`);
+  }
+}
+
 function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expect, rss: number[]): void {
   const m = k.machine;
+  // A table shared with deferred accounting maps its pages once, for its owner.
+  const counted = pte.cow === null || !pte.cow.deferred || pte.cow.owner === mm;
   for (let j = 0; j < 512; j++) {
     const lo = pte.lo(j);
     if (lo === 0 && pte.hi(j) === 0) continue;
@@ -367,6 +440,8 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
     if (!m.memmap.isOnline(pfn) || m.memmap.test(pfn, PG_buddy) || m.memmap.test(pfn, PG_table)) {
       fail(`pid ${mm.pid}: PTE at ${hex(addr)} maps pfn ${pfn}, which is not a folio page`);
     }
+    if (pte.cow !== null) ex.underShared.add(pfn);
+    if (!counted) continue;
     const head = m.memmap.folioHead(pfn);
     const anon = m.memmap.test(head, PG_anon);
     if (anon !== vma.isAnonymous()) fail(`pid ${mm.pid}: PTE at ${hex(addr)} maps the wrong kind of folio`);

@@ -96,6 +96,7 @@ export class Lockstep {
   /** Outcomes seen, so that a test can show which paths it exercised. */
   readonly seen = {
     oom: 0,
+    cowPteEnomem: 0,
     segv: 0,
     sigbus: 0,
     errno: 0,
@@ -183,6 +184,24 @@ export class Lockstep {
     }
   }
 
+  private cowPteEnomem(): number {
+    return this.k.machine.stat.get("cow_pte_enomem");
+  }
+
+  /**
+   * A syscall that had to break COW on shared PTE tables and could not allocate them fails with
+   * ENOMEM before it changes anything (cow-pte.ts): the reference model is left as it is, and
+   * the comparison after the step checks that nothing changed. Linux's own ENOMEM paths are
+   * the reference model's to predict.
+   */
+  private failedCowPteBreak(before: number, ret: number): boolean {
+    if (this.cowPteEnomem() === before) return false;
+    this.expectRet("a syscall whose COW-PTE break failed", ret, -ENOMEM);
+    this.seen.cowPteEnomem++;
+    this.seen.oom++;
+    return true;
+  }
+
   /** Runs one operation on both sides, then audits and compares everything. */
   step(op: AbstractOp): void {
     this.ops++;
@@ -249,7 +268,9 @@ export class Lockstep {
         const flags =
           op.mode === "inplace" ? 0 : op.mode === "maymove" ? MREMAP_MAYMOVE : MREMAP_MAYMOVE | MREMAP_FIXED;
         const target = op.mode === "fixed" ? this.addr(pid, op.target, op.off * 7) : 0;
+        const before = this.cowPteEnomem();
         const ret = k.mremap(pid, addr, oldLen, newLen, flags, target);
+        if (this.failedCowPteBreak(before, ret)) return;
         if (isErr(ret)) {
           this.seen.errno++;
           // The errno rows are checked against the live kernel in mremap.test.ts. Here a
@@ -281,7 +302,9 @@ export class Lockstep {
           flags |= op.place === "fixed" ? MAP_FIXED : MAP_FIXED_NOREPLACE;
         }
         const len = op.pages * PAGE_SIZE;
+        const before = this.cowPteEnomem();
         const ret = k.mmap(pid, addr, len, op.prot, flags);
+        if (this.failedCowPteBreak(before, ret)) return;
         const want = this.ref.mmapErrno(pid, addr, len, op.prot, flags);
         if (isErr(ret)) {
           if (want === null) {
@@ -300,24 +323,28 @@ export class Lockstep {
       case "munmap": {
         const addr = this.addr(pid, op.vma, op.off);
         const len = op.len * PAGE_SIZE;
-        this.expectRet("munmap", k.munmap(pid, addr, len), this.ref.munmap(pid, addr, len));
+        const before = this.cowPteEnomem();
+        const ret = k.munmap(pid, addr, len);
+        if (this.failedCowPteBreak(before, ret)) return;
+        this.expectRet("munmap", ret, this.ref.munmap(pid, addr, len));
         return;
       }
       case "mprotect": {
         const addr = this.addr(pid, op.vma, op.off);
         const len = op.len * PAGE_SIZE;
-        this.expectRet(
-          "mprotect",
-          k.mprotect(pid, addr, len, op.prot),
-          this.ref.mprotect(pid, addr, len, op.prot),
-        );
+        const before = this.cowPteEnomem();
+        const ret = k.mprotect(pid, addr, len, op.prot);
+        if (this.failedCowPteBreak(before, ret)) return;
+        this.expectRet("mprotect", ret, this.ref.mprotect(pid, addr, len, op.prot));
         return;
       }
       case "madvise": {
         const addr = this.addr(pid, op.vma, op.off);
         const advice = ADVICE[op.prot % ADVICE.length];
         const len = op.len * PAGE_SIZE;
+        const before = this.cowPteEnomem();
         const ret = k.madvise(pid, addr, len, advice);
+        if (this.failedCowPteBreak(before, ret)) return;
         this.expectRet("madvise", ret, this.ref.madvise(pid, addr, len, RefModel.forkAdvice(advice)));
         return;
       }

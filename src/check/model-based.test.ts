@@ -3,12 +3,24 @@
 
 import fc from "fast-check";
 import { afterAll, describe, expect, it } from "vitest";
-import { FORK_PT_COPY, type ForkPtCopy, type Kernel } from "../mm/kernel.ts";
+import type { ForkPtCopy, Kernel } from "../mm/kernel.ts";
+import { pteTableOf } from "../mm/mmu.ts";
 import { pageDump, status } from "../report/proc.ts";
 import { bootCase, machineArb, machineArbOf, opsArb, runCase } from "./arbitraries.ts";
 import { Lockstep } from "./driver.ts";
 
 let totalOps = 0;
+
+/** True when some PTE table of some process is shared (cow-pte designs). */
+function anySharedTable(k: Kernel): boolean {
+  for (const pid of k.pids()) {
+    const mm = k.mm(pid);
+    for (const v of mm.vmas)
+      for (let a = Math.floor(v.start / 2 ** 21) * 2 ** 21; a < v.end; a += 2 ** 21)
+        if (pteTableOf(mm, a)?.cow != null) return true;
+  }
+  return false;
+}
 /** Event counts summed over all runs, to show which mechanisms the runs reached. */
 const reached: Record<string, number> = {};
 
@@ -25,10 +37,10 @@ describe("vmlab against the reference model", () => {
     );
   });
 
-  it("leaves the same page-level state under every fork design as under per-PTE, operation by operation", () => {
+  it("leaves the same page-level state under per-PTE and batched fork, operation by operation", () => {
     // The designs differ in how they count (one refcount and rmap update per batch), never in
     // what they leave: the same frames, sharing, exclusivity, protections and RSS everywhere.
-    const designs = Object.keys(FORK_PT_COPY) as ForkPtCopy[];
+    const designs: ForkPtCopy[] = ["per-pte", "batched"];
     const snapshot = (k: Kernel) =>
       k.pids().map((pid) => {
         const mm = k.mm(pid);
@@ -45,6 +57,43 @@ describe("vmlab against the reference model", () => {
       }),
       { numRuns: 12, seed: 20261204 },
     );
+  });
+
+  it("reads the same under COW page tables as under per-PTE fork, with the same RSS whenever no table is shared", () => {
+    // Sharing tables changes frames, counts, VmPTE and (deferred) RSS, but never what a process
+    // reads or may write. Each run is also checked against the reference model at every step.
+    const designs: ForkPtCopy[] = ["per-pte", "cow-pte", "cow-pte-deferred"];
+    const view = (k: Kernel) =>
+      k.pids().map((pid) => {
+        const mm = k.mm(pid);
+        const pages = mm.vmas.map((v) =>
+          pageDump(mm, v.start, v.end).map((p) => `${p.kind}:${p.present}:${p.writable}:${p.tag}`),
+        );
+        return { pid, vmas: k.vmas(pid), pages };
+      });
+    const rss = (k: Kernel) => k.pids().map((pid) => k.mm(pid).rss.join());
+    let shared = 0;
+    let unshared = 0;
+    fc.assert(
+      fc.property(machineArb, opsArb, (mc, ops) => {
+        const runs = designs.map((ptCopy) => new Lockstep(bootCase({ ...mc, ramMiB: 64, ptCopy })));
+        for (const op of [{ kind: "spawn" } as const, ...ops]) {
+          for (const r of runs) r.step(op);
+          const want = view(runs[0].k);
+          for (const r of runs.slice(1)) {
+            expect(view(r.k)).toEqual(want);
+            if (anySharedTable(r.k)) shared++;
+            else {
+              unshared++;
+              expect(rss(r.k)).toEqual(rss(runs[0].k));
+            }
+          }
+        }
+      }),
+      { numRuns: 12, seed: 20261204 },
+    );
+    expect(shared).toBeGreaterThan(0);
+    expect(unshared).toBeGreaterThan(0);
   });
 
   it("finds the pre-5.8 rule's isolation failures under cow legacy: a pin or pipe sees the wrong page", () => {
@@ -92,6 +141,10 @@ describe("vmlab against the reference model", () => {
       "unpin",
       "mremaps",
       "sigbus",
+      "cow_pte_share",
+      "cow_pte_break",
+      "cow_pte_reuse",
+      "cow_pte_drop",
     ]) {
       expect(reached[path] ?? 0, path).toBeGreaterThan(0);
     }

@@ -7,6 +7,7 @@
 // PteCopyDesign (fork-per-pte.ts is Linux before 6.9, fork-batched.ts 6.9 and later).
 
 import { ENOMEM, PMD_SIZE, PUD_SIZE } from "../uapi.ts";
+import { type CowPteMode, cowPteShare, cowPteShareable } from "./cow-pte.ts";
 import { copyHugePmd } from "./huge-memory.ts";
 import type { Mm } from "./mm.ts";
 import { vmEnoughMemory } from "./mmap.ts";
@@ -19,6 +20,11 @@ import { EV } from "./vmstat.ts";
 /** A way of copying the PTEs of one page table at fork (copy_pte_range). */
 export interface PteCopyDesign {
   readonly name: string;
+  /**
+   * Set for the COW page-table designs (cow-pte.ts): fork shares each PTE table it may share
+   * instead of copying it, and copyPteRange copies only the others.
+   */
+  readonly sharePteTables?: CowPteMode;
   /**
    * Copies the entries of src's table `spte` for [addr, end) (inside one table and one VMA)
    * into dst's table `dpte`, doing the rmap, refcount and RSS work of copy_present_ptes.
@@ -73,10 +79,18 @@ export function copyPageRange(dst: Mm, src: Mm, dstVma: Vma, srcVma: Vma, design
       if (r === 0) continue;
       // -EAGAIN: the PMD was split because its folio may be pinned; copy the PTEs.
     }
+    const base = Math.floor(addr / PMD_SIZE) * PMD_SIZE;
+    // Non-null: a present non-leaf PMD entry always has its table.
+    const spte = spmd.child(i)!;
+    const mode = design.sharePteTables;
+    if (mode !== undefined && cowPteShareable(src, srcVma, spte, base)) {
+      cowPteShare(dst, src, dpmd, spmd, i, base, mode);
+      continue;
+    }
+    if (spte.cow !== null) throw new Error(`copyPageRange: shared table at ${base} cannot be shared again`);
     const dpte = pteAlloc(dst, dpmd, i);
     if (dpte === null) return -ENOMEM;
-    // Non-null: a present non-leaf PMD entry always has its table.
-    const r = design.copyPteRange(dst, src, dpte, spmd.child(i)!, dstVma, srcVma, addr, next);
+    const r = design.copyPteRange(dst, src, dpte, spte, dstVma, srcVma, addr, next);
     if (r < 0) return r;
   }
   return 0;

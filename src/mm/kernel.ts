@@ -2,6 +2,7 @@
 // This is vmlab's public model API; scenarios, tests and benchmarks drive it.
 
 import { EINVAL, ENOMEM, PAGE_SIZE, PMD_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
+import { cowPte, cowPteBreakRange, cowPteDeferred } from "./cow-pte.ts";
 import { dupMmap } from "./fork.ts";
 import { batched } from "./fork-batched.ts";
 import { perPte } from "./fork-per-pte.ts";
@@ -38,9 +39,16 @@ export interface KernelConfig {
 
 /**
  * The fork designs by name: "per-pte" is copy_pte_range before 6.9, one entry at a time;
- * "batched" is 6.9 and later (folio_pte_batch).
+ * "batched" is 6.9 and later (folio_pte_batch); "cow-pte" shares PTE tables with the per-page
+ * work done at fork (the v4 series); "cow-pte-deferred" shares them and defers that work to the
+ * break (RFC v2 / ODF). See cow-pte.ts and docs/fork-designs.md.
  */
-export const FORK_PT_COPY = { "per-pte": perPte, batched } as const;
+export const FORK_PT_COPY = {
+  "per-pte": perPte,
+  batched,
+  "cow-pte": cowPte,
+  "cow-pte-deferred": cowPteDeferred,
+} as const;
 export type ForkPtCopy = keyof typeof FORK_PT_COPY;
 
 /**
@@ -92,6 +100,7 @@ export class Kernel {
       cow: config.cow ?? "modern",
     });
     this.forkPtCopy = config.fork?.ptCopy ?? "batched";
+    this.machine.cowPte = FORK_PT_COPY[this.forkPtCopy].sharePteTables ?? null;
   }
 
   /** Creates a process with an empty address space (mm_alloc). Returns its pid, or -ENOMEM. */
@@ -189,6 +198,8 @@ export class Kernel {
     if (len <= 0) return -EINVAL;
     const first = Math.floor(addr / PAGE_SIZE) * PAGE_SIZE;
     const nr = Math.min(max, Math.ceil((addr + len) / PAGE_SIZE) - first / PAGE_SIZE);
+    // A pin must never sit under a shared PTE table: break COW on the range first.
+    if (flags & FOLL_PIN && cowPteBreakRange(mm, first, first + nr * PAGE_SIZE, false) < 0) return -ENOMEM;
     const r = getUserPages(mm, first, nr, flags, fast);
     if (r.pfns.length === 0) return -r.errno;
     const handle = this.nextHandle++;
@@ -295,6 +306,8 @@ export class Kernel {
       if (a - walkBase >= PMD_SIZE) {
         walkBase = Math.floor(a / PMD_SIZE) * PMD_SIZE;
         walkPte = pteTableOf(mm, a);
+        // A shared PTE table sits under a read-only PMD entry: a write faults (and breaks COW).
+        if (write && walkPte?.cow != null) walkPte = undefined;
       }
       let pfn = -1;
       if (walkPte !== undefined) {

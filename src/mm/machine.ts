@@ -3,6 +3,7 @@
 
 import { BuddyAllocator } from "../phys/buddy.ts";
 import { type MemMap, PG_reserved, PG_table, SECTION_SHIFT } from "../phys/memmap.ts";
+import type { CowPteMode } from "./cow-pte.ts";
 import type { GupRefs } from "./gup.ts";
 import { HPAGE_PMD_ORDER, PageTable } from "./pgtable.ts";
 import type { ShmemObject } from "./shmem.ts";
@@ -61,6 +62,11 @@ export class Machine {
   readonly gupRefs = new Map<number, GupRefs>();
   /** The COW reuse rule in force. */
   readonly cow: CowReuse;
+  /**
+   * Whether fork shares PTE tables (the cow-pte designs, cow-pte.ts), and how; null when it
+   * copies them. Walkers that change entries break COW only when this is set.
+   */
+  cowPte: CowPteMode | null = null;
   /** huge_anon_orders_always / _madvise / _inherit: the per-size sysfs policy as order masks. */
   readonly hugeAnonOrdersAlways: number;
   readonly hugeAnonOrdersMadvise: number;

@@ -17,6 +17,7 @@ import {
   PAGE_SIZE,
   pageAlignU64,
 } from "../uapi.ts";
+import { cowPteBreakRange } from "./cow-pte.ts";
 import type { Mm } from "./mm.ts";
 import { VM_DONTCOPY, VM_HUGEPAGE, VM_NOHUGEPAGE, VM_SHARED, VM_WIPEONFORK, type Vma } from "./vma.ts";
 import { vmaModifyFlags } from "./vma-ops.ts";
@@ -77,6 +78,8 @@ export function sysMadvise(mm: Mm, start: number, len: number, advice: number): 
   const end = addU64(start, aligned);
   if (end < start) return -EINVAL;
   if (end === start) return 0;
+  // A VMA split at either end must not cut a shared PTE table (cow-pte.ts).
+  if (cowPteBreakRange(mm, start, end, true) < 0) return -ENOMEM;
   let unmapped = false;
   let addr = start;
   while (addr < end) {

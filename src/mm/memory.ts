@@ -6,6 +6,7 @@
 
 import { PG_anon, PG_anon_exclusive, PG_lru, PG_swapbacked } from "../phys/memmap.ts";
 import { PMD_SIZE } from "../uapi.ts";
+import { breakCowPte, dropCowPte } from "./cow-pte.ts";
 import {
   doHugePmdAnonymousPage,
   doHugePmdWpPage,
@@ -85,6 +86,8 @@ export function handleMmFault(mm: Mm, vma: Vma, addr: number, flags: number): nu
       return 0;
     }
   }
+  // Anything below changes an entry: a shared PTE table is broken first (break_cow_pte).
+  if (pmd.child(i)?.cow != null && !isPmdLeaf(pmd, i) && breakCowPte(mm, pmd, i) < 0) return VM_FAULT_OOM;
   return handlePteFault(mm, vma, pmd, i, addr, flags);
 }
 
@@ -377,7 +380,15 @@ export function unmapPageRange(mm: Mm, vma: Vma, start: number, end: number): vo
       splitHugePmd(mm, vma, pmd, i, Math.floor(addr / PMD_SIZE) * PMD_SIZE);
     }
     // Non-null: a present non-leaf PMD entry always has its table.
-    if (zapPteRange(mm, pmd.child(i)!, addr, next)) flushed = true;
+    const pte = pmd.child(i)!;
+    if (pte.cow !== null) {
+      // A shared table goes whole; callers break the ones a range covers in part.
+      if (next - addr !== PMD_SIZE) throw new Error(`unmapPageRange: part of a shared table at ${addr}`);
+      dropCowPte(mm, pmd, i);
+      flushed = true;
+      continue;
+    }
+    if (zapPteRange(mm, pte, addr, next)) flushed = true;
   }
   if (flushed) m.stat.inc(EV.tlb_flush);
 }

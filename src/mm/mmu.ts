@@ -32,6 +32,7 @@ export function mmuTranslate(mm: Mm, addr: number, write: boolean, touch: boolea
   } else {
     const pte = pmd.child(i);
     if (pte === undefined) return -1;
+    if (write && (pmd.lo(i) & _PAGE_RW) === 0) return -1; // a shared PTE table (cow-pte.ts)
     t = pte;
     j = pteIndex(addr);
   }

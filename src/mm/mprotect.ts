@@ -16,6 +16,7 @@ import {
   PROT_WRITE,
   pageAlignU64,
 } from "../uapi.ts";
+import { cowPteBreakRange } from "./cow-pte.ts";
 import { changeHugePmd, splitHugePmd } from "./huge-memory.ts";
 import type { Mm } from "./mm.ts";
 import { vmEnoughMemory } from "./mmap.ts";
@@ -72,6 +73,8 @@ export function sysMprotect(mm: Mm, start: number, len: number, prot: number): n
   if (grows & PROT_GROWSDOWN) return -EINVAL;
   if (vma.start > start) return -ENOMEM;
   if (grows & PROT_GROWSUP) return -EINVAL;
+  // change_pte_range rewrites entries: break COW on every shared table first, all or nothing.
+  if (cowPteBreakRange(mm, start, end, false) < 0) return -ENOMEM;
   for (let tmp = start; tmp < end; ) {
     if (vma === undefined || vma.start >= end) return -ENOMEM;
     if (vma.start > tmp) return -ENOMEM;

@@ -35,6 +35,7 @@ import {
   pageAlignU64,
   TASK_SIZE,
 } from "../uapi.ts";
+import { cowPteBreakRanges } from "./cow-pte.ts";
 import { splitHugePmd } from "./huge-memory.ts";
 import { MAX_MAP_COUNT, type Mm } from "./mm.ts";
 import { getUnmappedArea, vmEnoughMemory } from "./mmap.ts";
@@ -98,6 +99,11 @@ export function sysMremap(
   };
   const err = checkMremapParams(mm, vrm);
   if (err < 0) return err;
+  // Moving or unmapping entries of a shared PTE table breaks COW on it first, all or nothing:
+  // the whole source, and the target's tables that the unmap of MREMAP_FIXED cuts.
+  const ranges: [number, number, boolean][] = [[vrm.addr, addU64(vrm.addr, vrm.oldLen), false]];
+  if (vrmImpliesNewAddr(vrm)) ranges.push([vrm.newAddr, vrm.newAddr + vrm.newLen, true]);
+  if (cowPteBreakRanges(mm, ranges) < 0) return -ENOMEM;
   if (vrmMoveOnly(vrm)) return remapMove(mm, vrm);
   vrm.vma = mm.vmaLookup(vrm.addr);
   const r = checkPrepVma(vrm);

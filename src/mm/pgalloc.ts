@@ -150,6 +150,7 @@ function freePmdRange(mm: Mm, pmd: PageTable, addr: number, end: number): void {
 function freeTableAt(mm: Mm, parent: PageTable, i: number): void {
   const t = parent.child(i);
   if (t === undefined) throw new Error(`freeTableAt: no table behind entry ${i}`);
+  if (t.cow !== null) throw new Error(`freeTableAt: table pfn ${t.pfn} is shared (zap drops it first)`);
   parent.clear(i);
   parent.setChild(i, undefined);
   mm.machine.freeTable(t);

@@ -24,6 +24,7 @@
 // The PFN's low 20 bits sit in lo bits 12..31, its high bits in hi bits 0..19.
 
 import { PAGE_SIZE, PMD_SIZE, PUD_SIZE } from "../uapi.ts";
+import type { CowPteState } from "./cow-pte.ts";
 
 export const _PAGE_PRESENT = 1 << 0;
 export const _PAGE_RW = 1 << 1;
@@ -90,6 +91,8 @@ export class PageTable {
   readonly next: (PageTable | undefined)[] | null;
   /** Number of non-none entries. */
   used = 0;
+  /** A PTE table shared by several mms under COW page tables (cow-pte.ts), else null. */
+  cow: CowPteState | null = null;
   constructor(
     readonly pfn: number,
     readonly level: "pgd" | "pud" | "pmd" | "pte",

@@ -291,6 +291,8 @@ export function rmapWalk(m: Machine, head: number): RmapHit[] {
       const pte = pmd.child(i);
       const j = pteIndex(addr);
       if (pte === undefined || !pteMapped(pte.lo(j))) continue;
+      // A table shared with deferred accounting maps its pages once, for its owner.
+      if (pte.cow?.deferred && pte.cow.owner !== mm) continue;
       const pfn = pte.pfnAt(j);
       if (pfn === head + (pg - index)) hits.push({ mm, vma, addr, pfn, pmd: false });
     }

@@ -2,6 +2,7 @@
 // range (vma_modify), and unmapping a range of VMAs (do_vmi_align_munmap).
 
 import { ENOMEM, PMD_SIZE } from "../uapi.ts";
+import { cowPteBreakRange } from "./cow-pte.ts";
 import { splitHugePmd } from "./huge-memory.ts";
 import { freePgtables, unmapPageRange } from "./memory.ts";
 import { MAX_MAP_COUNT, type Mm } from "./mm.ts";
@@ -184,6 +185,7 @@ export function completeMunmap(mm: Mm, doomed: Vma[]): void {
 
 /** do_vmi_munmap for a page-aligned range. Returns 0 or -ENOMEM (see gatherMunmap). */
 export function doMunmap(mm: Mm, start: number, end: number): number {
+  if (cowPteBreakRange(mm, start, end, true) < 0) return -ENOMEM;
   const doomed = gatherMunmap(mm, start, end);
   if (typeof doomed === "number") return doomed;
   completeMunmap(mm, doomed);

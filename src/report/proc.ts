@@ -91,6 +91,11 @@ export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
       continue;
     }
     const pte = pmd.child(i);
+    // Under cow-pte-deferred a shared table's pages are charged to its owner only (cow-pte.ts).
+    if (pte?.cow?.deferred && pte.cow.owner !== mm) {
+      addr = pmdEnd;
+      continue;
+    }
     for (; addr < pmdEnd; addr += PAGE_SIZE) {
       const lo = pte?.lo(pteIndex(addr)) ?? 0;
       if (!pteMapped(lo) || lo & _PAGE_SPECIAL) continue;
@@ -194,7 +199,8 @@ export function pageDump(mm: Mm, start: number, end: number): PageInfo[] {
     }
     info.pfn = pfn;
     info.present = (lo & _PAGE_PRESENT) !== 0;
-    info.writable = (lo & _PAGE_RW) !== 0;
+    // A shared PTE table sits under a read-only PMD entry (cow-pte.ts), which x86 honours.
+    info.writable = (lo & _PAGE_RW) !== 0 && (pmd.lo(i) & _PAGE_RW) !== 0;
     info.dirty = (lo & _PAGE_DIRTY) !== 0;
     if (pfn === m.zeroPfn) {
       info.kind = "zero";

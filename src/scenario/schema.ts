@@ -720,13 +720,15 @@ const cow = strict(
   "a mapping like { reuse: legacy }",
 ).prefault({});
 
-const PT_COPY = ["batched", "per-pte"] as const;
+const PT_COPY = ["batched", "per-pte", "cow-pte", "cow-pte-deferred"] as const;
 const fork = strict(
   {
     ptCopy: z
       .enum(PT_COPY, { error: oneOf("fork design", PT_COPY) })
       .default("batched")
-      .describe("batched: Linux 6.9+ (folio_pte_batch); per-pte: one entry at a time, as before 6.9"),
+      .describe(
+        "batched: Linux 6.9+ (folio_pte_batch); per-pte: one entry at a time, as before 6.9; cow-pte: PTE tables shared at fork, per-page work at fork (v4); cow-pte-deferred: shared, per-page work deferred to the break (RFC v2 / ODF)",
+      ),
   },
   "a mapping like { ptCopy: per-pte }",
 ).prefault({});
