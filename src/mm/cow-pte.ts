@@ -126,13 +126,13 @@ function accountShare(dst: Mm, src: Mm, t: PageTable): void {
     const head = mem.folioHead(pfn);
     mem.addRef(head, 1);
     m.stat.inc(EV.ref_update);
-    m.stat.inc(EV.rmap_dup);
     if (mem.test(head, PG_anon)) {
       if (!folioTryDupAnonRmapPtes(dst, src, head, pfn, 1))
         throw new Error(`cow-pte: page ${pfn} may be pinned but its table was shared`);
       dst.rss[MM_ANONPAGES]++;
     } else {
       folioAddRmapPtes(dst, head, pfn, 1, false);
+      m.stat.inc(EV.rmap_dup);
       dst.rss[MM_SHMEMPAGES]++;
     }
   }

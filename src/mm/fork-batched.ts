@@ -6,7 +6,7 @@
 
 import { PG_anon } from "../phys/memmap.ts";
 import type { PteCopyDesign } from "./fork.ts";
-import { copyPresentPte, isCowMapping } from "./fork-per-pte.ts";
+import { copyPresentPte, copySmallAnonPtes, isCowMapping } from "./fork-per-pte.ts";
 import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
 import {
   _PAGE_ACCESSED,
@@ -86,6 +86,7 @@ function copyPresentPtes(
     return perPteOne(dst, src, dpte, spte, dstVma, srcVma, k, addr);
   const shared = (srcVma.flags & VM_SHARED) !== 0;
   const { nr, anyWritable } = folioPteBatch(m, head, spte, k, pfn, maxNr, !shared);
+  m.stat.inc(EV.pte_read, nr - 1); // the caller counted the first
   mem.addRef(head, nr);
   m.stat.inc(EV.ref_update);
   if (mem.test(head, PG_anon)) {
@@ -97,6 +98,7 @@ function copyPresentPtes(
     dst.rss[MM_ANONPAGES] += nr;
   } else {
     folioAddRmapPtes(dst, head, pfn, nr, false); // folio_dup_file_rmap_ptes
+    m.stat.inc(EV.rmap_dup);
     dst.rss[MM_SHMEMPAGES] += nr;
   }
   // __copy_present_ptes: the child's entries all take the first entry's bits, write merged.
@@ -133,9 +135,17 @@ function perPteOne(
 export const batched: PteCopyDesign = {
   name: "batched",
   copyPteRange(dst, src, dpte, spte, dstVma, srcVma, addr, end) {
+    const cow = isCowMapping(srcVma.flags);
     for (let a = addr; a < end; ) {
-      const k = pteIndex(a);
+      let k = pteIndex(a);
+      if (cow) {
+        // Order-0 pages keep their own fast path, as in Linux (!folio_test_large).
+        a += copySmallAnonPtes(dst, src, dpte, spte, k, (end - a) / 4096) * 4096;
+        if (a >= end) break;
+        k = pteIndex(a);
+      }
       const lo = spte.lo(k);
+      dst.machine.stat.inc(EV.pte_read);
       if (lo === 0 && spte.hi(k) === 0) {
         a += 4096;
         continue;

@@ -1,22 +1,37 @@
 // The per-PTE fork design: copy_pte_range as Linux did it before 6.9 (before folio_pte_batch),
 // one entry at a time, each with its own refcount and mapcount update.
 
-import { PG_anon, PG_lru, PG_swapbacked } from "../phys/memmap.ts";
+import {
+  PG_anon,
+  PG_anon_exclusive,
+  PG_head,
+  PG_lru,
+  PG_swapbacked,
+  PG_tail,
+  SECTION_MASK,
+} from "../phys/memmap.ts";
 import { ENOMEM } from "../uapi.ts";
 import type { PteCopyDesign } from "./fork.ts";
 import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
+  _PAGE_PRESENT,
   _PAGE_RW,
   _PAGE_SPECIAL,
+  entryPfn,
   mkHi,
   mkLo,
   type PageTable,
   pteIndex,
   pteMapped,
 } from "./pgtable.ts";
-import { folioAddNewAnonRmap, folioAddRmapPtes, folioTryDupAnonRmapPtes } from "./rmap.ts";
+import {
+  folioAddNewAnonRmap,
+  folioAddRmapPtes,
+  folioTryDupAnonRmapPtes,
+  GUP_PIN_COUNTING_BIAS,
+} from "./rmap.ts";
 import { VM_MAYWRITE, VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
 import { EV } from "./vmstat.ts";
 
@@ -85,6 +100,7 @@ export function copyPresentPte(
       dst.rss[MM_ANONPAGES]++;
     } else {
       folioAddRmapPtes(dst, head, pfn, 1, false); // folio_dup_file_rmap_pte
+      m.stat.inc(EV.rmap_dup);
       dst.rss[MM_SHMEMPAGES]++;
     }
   }
@@ -99,13 +115,84 @@ export function copyPresentPte(
   return 0;
 }
 
-/** copy_pte_range, one entry at a time. */
+/** Flags that send a page off the small-anon fast path: a large folio, or not anon. */
+const NOT_SMALL_ANON = PG_head | PG_tail;
+
+/**
+ * copy_present_pte for a run of entries from spte[k] on (at most `max`), as long as each maps
+ * an order-0 anon page that fork may share (in a COW mapping; not exclusive-and-maybe-pinned).
+ * Exactly copyPresentPte's work and counts, with the memmap and table words accessed directly:
+ * this is the loop that decides how fast vmlab forks. Returns how many entries it copied
+ * (0 when spte[k] needs the general path).
+ */
+export function copySmallAnonPtes(
+  dst: Mm,
+  src: Mm,
+  dpte: PageTable,
+  spte: PageTable,
+  k: number,
+  max: number,
+): number {
+  const m = dst.machine;
+  const mem = m.memmap;
+  const se = spte.e;
+  const de = dpte.e;
+  // folioTryDupAnonRmapPtes refuses an exclusive page of a maybe-pinned folio only then.
+  const pinAware = m.cow === "modern" && src.hasPinned;
+  let n = 0;
+  let wp = 0;
+  let pages = 0;
+  let used = 0;
+  for (; n < max; n++) {
+    const w = 2 * (k + n);
+    let lo = se[w];
+    const hi = se[w + 1];
+    if (lo === 0 && hi === 0) continue;
+    if (!(lo & _PAGE_PRESENT) || lo & _PAGE_SPECIAL) break;
+    const pfn = entryPfn(lo, hi);
+    const s = mem.sec(pfn);
+    const i = pfn & SECTION_MASK;
+    const flags = s.flags[i];
+    if ((flags & (PG_anon | NOT_SMALL_ANON)) !== PG_anon) break;
+    if (pinAware && flags & PG_anon_exclusive && s.refcount[i] >= GUP_PIN_COUNTING_BIAS) break;
+    s.refcount[i]++;
+    s.flags[i] = flags & ~PG_anon_exclusive;
+    s.mapcount[i]++;
+    if (lo & _PAGE_RW) {
+      lo = (lo & ~_PAGE_RW) >>> 0;
+      se[w] = lo; // ptep_set_wrprotect
+      wp++;
+    }
+    // dst is a fresh table at fork, but a COW-PTE break may copy into a table in use.
+    if (de[w] === 0 && de[w + 1] === 0) used++;
+    de[w] = (lo & ~_PAGE_ACCESSED) >>> 0;
+    de[w + 1] = hi;
+    pages++;
+  }
+  dpte.used += used;
+  dst.rss[MM_ANONPAGES] += pages;
+  m.stat.inc(EV.pte_read, n);
+  m.stat.inc(EV.pte_write, wp + pages);
+  m.stat.inc(EV.ref_update, pages);
+  m.stat.inc(EV.mapcount_update, pages);
+  m.stat.inc(EV.rmap_dup, pages);
+  return n;
+}
+
+/** copy_pte_range, one entry at a time (order-0 anon runs through copySmallAnonPtes). */
 export const perPte: PteCopyDesign = {
   name: "per-pte",
   copyPteRange(dst, src, dpte, spte, dstVma, srcVma, addr, end) {
+    const cow = isCowMapping(srcVma.flags);
     for (let a = addr; a < end; a += 4096) {
-      const k = pteIndex(a);
+      let k = pteIndex(a);
+      if (cow) {
+        a += copySmallAnonPtes(dst, src, dpte, spte, k, (end - a) / 4096) * 4096;
+        if (a >= end) break;
+        k = pteIndex(a);
+      }
       const lo = spte.lo(k);
+      dst.machine.stat.inc(EV.pte_read);
       if (lo === 0 && spte.hi(k) === 0) continue;
       if (!pteMapped(lo)) throw new Error(`copyPteRange: unknown non-present PTE ${lo}`);
       const r = copyPresentPte(dst, src, dpte, spte, dstVma, srcVma, k, a);

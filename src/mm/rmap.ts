@@ -222,6 +222,7 @@ export function folioTryDupAnonRmapPtes(dst: Mm, src: Mm, head: number, pfn: num
   }
   if (mem.order(head) > 0) folioAddLargeMapcount(m, head, nr, dst.id);
   m.stat.inc(EV.mapcount_update);
+  m.stat.inc(EV.rmap_dup);
   return true;
 }
 
@@ -236,6 +237,7 @@ export function folioTryDupAnonRmapPmd(dst: Mm, src: Mm, head: number): boolean 
   mem.addEntireMapcount(head, 1);
   folioAddLargeMapcount(m, head, 1, dst.id);
   m.stat.inc(EV.mapcount_update);
+  m.stat.inc(EV.rmap_dup);
   return true;
 }
 
