@@ -5,7 +5,15 @@ import { fileURLToPath } from "node:url";
 import { SingleBar } from "cli-progress";
 import { Command, CommanderError } from "commander";
 import { benchCore, formatBenchCore } from "../bench/core.ts";
+import {
+  CALIBRATE_DEFAULTS,
+  calibrate,
+  checkCalibrateOptions,
+  formatCalibration,
+} from "../calibrate/calibrate.ts";
+import { CalibrateRefusal } from "../calibrate/knobs.ts";
 import { fuzz } from "../check/fuzz.ts";
+import { loadProfile, ProfileError } from "../cost/profile.ts";
 import { loadScenario, ScenarioError } from "../scenario/load.ts";
 import { formatRun, runScenario } from "../scenario/run.ts";
 
@@ -23,9 +31,16 @@ program
   .description("run a scenario and print its operation log and final report")
   .argument("[file]", "scenario YAML file (default: the built-in examples/default.yaml)")
   .option("--json", "print the result as JSON")
-  .action((file: string | undefined, opts: { json?: boolean }) => {
-    const result = runScenario(loadScenario(file ?? relative(process.cwd(), DEFAULT_SCENARIO)));
-    process.stdout.write(opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatRun(result)}\n`);
+  .option("--costs", "count each operation's events and price them with a cost profile")
+  .option("--profile <name|path>", "the cost profile for --costs (implies it): a name in profiles/ or a file")
+  .action((file: string | undefined, opts: { json?: boolean; costs?: boolean; profile?: string }) => {
+    const costs = opts.costs === true || opts.profile !== undefined;
+    // Load the profile first: a bad one is reported before the scenario runs.
+    const profile = costs ? loadProfile(opts.profile ?? "default") : undefined;
+    const result = runScenario(loadScenario(file ?? relative(process.cwd(), DEFAULT_SCENARIO)), { profile });
+    process.stdout.write(
+      opts.json ? `${JSON.stringify(result, null, 2)}\n` : `${formatRun(result, profile)}\n`,
+    );
     if (result.expectations.failed > 0) process.exitCode = 1;
   });
 
@@ -98,11 +113,47 @@ bench
     process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatBenchCore(r)}\n`);
   });
 
+program
+  .command("calibrate")
+  .description(
+    "fit a cost profile to the live kernel: time microbenchmarks, count the same work in vmlab (root, Linux)",
+  )
+  .option("--name <name>", "profile name: writes profiles/NAME.json", "local")
+  .option("--sizes <MiB,...>", `range sizes in MiB, even (default ${CALIBRATE_DEFAULTS.sizesMiB.join(",")})`)
+  .option(
+    "--reps <n>",
+    `repetitions per measurement, the median is fitted (default ${CALIBRATE_DEFAULTS.reps})`,
+  )
+  .option(
+    "--quick",
+    `a rough profile in seconds: ${CALIBRATE_DEFAULTS.quick.sizesMiB.join(",")} MiB, ${CALIBRATE_DEFAULTS.quick.reps} reps`,
+  )
+  .action(async (opts: { name: string; sizes?: string; reps?: string; quick?: boolean }) => {
+    const base = opts.quick ? CALIBRATE_DEFAULTS.quick : CALIBRATE_DEFAULTS;
+    const sizesMiB =
+      opts.sizes === undefined ? base.sizesMiB : opts.sizes.split(",").map((s) => Number(s.trim()));
+    const reps = opts.reps === undefined ? base.reps : Number(opts.reps);
+    checkCalibrateOptions({ name: opts.name, sizesMiB, reps });
+    const t0 = performance.now();
+    const { profile, file } = await calibrate({
+      name: opts.name,
+      sizesMiB,
+      reps,
+      progress: (line) => process.stderr.write(`${line}\n`),
+    });
+    process.stderr.write(`calibrated in ${((performance.now() - t0) / 1000).toFixed(0)} s\n`);
+    process.stdout.write(`${formatCalibration(profile, relative(process.cwd(), file))}\n`);
+  });
+
 try {
-  program.parse();
+  await program.parseAsync();
 } catch (e) {
-  if (e instanceof ScenarioError) {
+  if (e instanceof ScenarioError || e instanceof ProfileError) {
     process.stderr.write(`${e.format()}\n`);
+    process.exitCode = 2;
+  } else if (e instanceof CalibrateRefusal) {
+    const msg = e.message.startsWith("vmlab calibrate") ? e.message : `vmlab calibrate: ${e.message}`;
+    process.stderr.write(`${msg}\n  Hint: ${e.hint}\n`);
     process.exitCode = 2;
   } else if (e instanceof CommanderError) {
     // commander printed its message already; --help and --version exit 0.

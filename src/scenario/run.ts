@@ -1,6 +1,14 @@
 // Runs a loaded scenario on a fresh Kernel: executes each op, checks its expectations, and
-// builds the operation log and the final report (status, smaps, event counts).
+// builds the operation log and the final report (status, smaps, event counts). With a cost
+// profile (`vmlab run --costs`) each op also gets its event counts and their modeled time.
 
+import {
+  type CostBreakdown,
+  type CostProfile,
+  costBreakdown,
+  countsDelta,
+  formatNs,
+} from "../cost/profile.ts";
 import { Kernel } from "../mm/kernel.ts";
 import type { ThpPolicy } from "../mm/machine.ts";
 import {
@@ -50,6 +58,24 @@ export interface OpRecord {
   failures: string[];
   /** A page dump (dump ops only). */
   dump?: string;
+  /** With a cost profile (RunOptions.profile): the op's event counts (non-zero only). */
+  counts?: Record<string, number>;
+  /** With a cost profile: the op's modeled time, ns. */
+  modeledNs?: number;
+}
+
+/** What `--costs` adds to a run: the profile used, the total, and its breakdown by event. */
+export interface RunCosts {
+  profile: { name: string; machine: string; fitted: string | null };
+  /** The sum of every op's modeledNs, in op order. */
+  totalNs: number;
+  /** The events of all ops together, priced (largest first) and unpriced. */
+  breakdown: CostBreakdown;
+}
+
+export interface RunOptions {
+  /** Price every op's events with this profile (`vmlab run --costs`). */
+  profile?: CostProfile;
 }
 
 export interface ProcessReport {
@@ -65,6 +91,8 @@ export interface RunResult {
   ops: OpRecord[];
   processes: ProcessReport[];
   events: Record<string, number>;
+  /** Present only with RunOptions.profile. */
+  costs?: RunCosts;
   expectations: { passed: number; failed: number };
 }
 
@@ -108,9 +136,10 @@ export function bootScenario(sc: Scenario): Kernel {
 /**
  * Runs every op in order. Expectation failures are recorded, not thrown; a problem only the
  * run can find (a name whose binding op failed: an mmap's address, a fork's child, a pin, a
- * pipe) throws ScenarioError at the op that uses it.
+ * pipe) throws ScenarioError at the op that uses it. With opts.profile, each op also gets the
+ * event counts it caused and their modeled time, and the result gets `costs`.
  */
-export function runScenario(sc: Scenario): RunResult {
+export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
   const k = bootScenario(sc);
   const pids = new Map<string, number>();
   const addrs = new Map<string, number>();
@@ -166,6 +195,7 @@ export function runScenario(sc: Scenario): RunResult {
       if (h === undefined) throw notBound(kind, `${kind} '${name}' was not taken`, name);
       return h;
     };
+    const statBefore = opts.profile ? k.machine.stat.snapshot() : undefined;
     const pid = op.op === "spawn" || !("pid" in op) ? -1 : pidOf(op.pid);
     let who = "pid" in op ? op.pid : "";
     const rec: OpRecord = { index, line: op.at.line, text: "", failures: [] };
@@ -400,6 +430,10 @@ export function runScenario(sc: Scenario): RunResult {
       }
     }
     rec.text = `${who}: ${rec.text}`;
+    if (opts.profile && statBefore) {
+      rec.counts = countsDelta(statBefore, k.machine.stat.snapshot());
+      rec.modeledNs = costBreakdown(rec.counts, opts.profile).totalNs;
+    }
     records.push(rec);
   });
 
@@ -415,8 +449,33 @@ export function runScenario(sc: Scenario): RunResult {
     ops: records,
     processes,
     events: k.machine.stat.snapshot(),
+    ...(opts.profile ? { costs: runCosts(records, opts.profile) } : {}),
     expectations: { passed, failed },
   };
+}
+
+/** The total and the per-event breakdown of every op's counts under profile. */
+function runCosts(records: readonly OpRecord[], profile: CostProfile): RunCosts {
+  const all: Record<string, number> = {};
+  let totalNs = 0;
+  for (const r of records) {
+    totalNs += r.modeledNs ?? 0;
+    for (const [e, n] of Object.entries(r.counts ?? {})) all[e] = (all[e] ?? 0) + n;
+  }
+  return {
+    profile: { name: profile.name, machine: profile.machine, fitted: profile.fitted },
+    totalNs,
+    breakdown: costBreakdown(all, profile),
+  };
+}
+
+/** An op's cost line: its time and its largest events, "cost 3.21 µs: pte_write (1024) 2.10 µs, ...". */
+function formatOpCost(counts: Record<string, number>, profile: CostProfile): string {
+  const b = costBreakdown(counts, profile);
+  const shown = b.items.slice(0, 4).map((i) => `${i.event} (${i.count}) ${formatNs(i.ns)}`);
+  const rest = b.items.length - shown.length + b.unpriced.length;
+  if (rest > 0) shown.push(`+${rest} more`);
+  return `cost ${formatNs(b.totalNs)}${shown.length ? `: ${shown.join(", ")}` : ""}`;
 }
 
 const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
@@ -479,13 +538,19 @@ function tagsText(tags: number[], labels?: ReadonlyMap<number, string>): string 
   return `[${out.join(", ")}]`;
 }
 
-/** The human report: the op log with failures, the final state of each process, the events. */
-export function formatRun(r: RunResult): string {
+/**
+ * The human report: the op log with failures, the final state of each process, the events. A
+ * run with costs (and the profile that priced it) also has a cost line under each op that caused
+ * events, and a "Modeled time" section before the expectations.
+ */
+export function formatRun(r: RunResult, profile?: CostProfile): string {
   const lines: string[] = [`${r.name}  (${r.file})`, ""];
   for (const op of r.ops) {
     lines.push(`#${String(op.index + 1).padEnd(3)} ${op.text}`);
     if (op.dump) lines.push(...op.dump.split("\n").map((l) => `      ${l}`));
     for (const f of op.failures) lines.push(`      ${f}`);
+    if (r.costs && profile && op.counts && Object.keys(op.counts).length > 0)
+      lines.push(`      ${formatOpCost(op.counts, profile)}`);
   }
   lines.push("", "Final state:");
   for (const p of r.processes) {
@@ -494,6 +559,34 @@ export function formatRun(r: RunResult): string {
   }
   lines.push("", "Events:");
   for (const [name, n] of Object.entries(r.events)) lines.push(`  ${name.padEnd(40)} ${n}`);
+  if (r.costs) lines.push("", ...formatCosts(r));
   lines.push("", `expectations: ${r.expectations.passed} passed, ${r.expectations.failed} failed`);
   return lines.join("\n");
+}
+
+/** The "Modeled time" section: each op's time, the total, the events that make it, the unpriced. */
+function formatCosts(r: RunResult): string[] {
+  // Non-null: called only for a run with costs.
+  const c = r.costs!;
+  const fitted = c.profile.fitted ? `, fitted ${c.profile.fitted.slice(0, 10)}` : "";
+  const lines = [`Modeled time (profile ${c.profile.name}: ${c.profile.machine}${fitted}):`];
+  for (const op of r.ops) {
+    if (!op.modeledNs) continue;
+    const name = op.text.replace(/^(\S+: \w+).*$/, "$1");
+    lines.push(
+      `  #${String(op.index + 1).padEnd(3)} ${name.padEnd(34)} ${formatNs(op.modeledNs).padStart(10)}`,
+    );
+  }
+  lines.push(`  ${"total".padEnd(39)} ${formatNs(c.totalNs).padStart(10)}`);
+  lines.push("  by event:");
+  for (const i of c.breakdown.items) {
+    if (i.ns === 0) continue;
+    const pct = c.totalNs > 0 ? ((100 * i.ns) / c.totalNs).toFixed(1) : "0.0";
+    lines.push(
+      `    ${i.event.padEnd(36)} ${formatNs(i.ns).padStart(10)}  ${`${pct} %`.padStart(7)}  (${i.count} x ${formatNs(i.nsPerEvent)})`,
+    );
+  }
+  if (c.breakdown.unpriced.length > 0)
+    lines.push(`  unpriced (0 ns): ${c.breakdown.unpriced.map((u) => `${u.event} ${u.count}`).join(", ")}`);
+  return lines;
 }

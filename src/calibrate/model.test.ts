@@ -1,0 +1,81 @@
+import { describe, expect, it } from "vitest";
+import { bootForFolio, modelWorkload } from "./model.ts";
+
+/** The counts of a workload vmlab runs (fails the test for an unsupported one). */
+function counts(...args: Parameters<typeof modelWorkload>): Record<string, number> {
+  const r = modelWorkload(...args);
+  if ("unsupported" in r) throw new Error(r.unsupported);
+  return r.counts;
+}
+
+describe("calibration workloads in vmlab", () => {
+  it("boot with batched fork and only the asked folio size enabled", () => {
+    const k = bootForFolio("64k", 16);
+    expect(k.forkPtCopy).toBe("batched");
+    expect(k.machine.config.thp.enabled).toBe("never");
+    expect(k.machine.hugeAnonOrdersAlways).toBe(1 << 4);
+    expect(bootForFolio("4k", 16).machine.hugeAnonOrdersAlways).toBe(0);
+    expect(bootForFolio("pte-mapped-thp", 16).machine.hugeAnonOrdersAlways).toBe(1 << 9);
+  });
+
+  it("count fork of 4 KiB pages: every PTE write-protected in the parent and set in the child", () => {
+    const c = counts("fork", "4k", 2);
+    expect(c.fork).toBe(1);
+    expect(c.syscall).toBe(1);
+    expect(c.pte_write).toBe(2 * 512);
+    expect(c.pgfault ?? 0).toBe(0); // the populate is outside the timed section
+  });
+
+  it("count fork of PMD THPs as PMD copies, and of PTE-mapped THPs as PTE copies", () => {
+    const pmd = counts("fork", "pmd", 4);
+    expect(pmd.pmd_write).toBe(2 * 2);
+    expect(pmd.pte_write ?? 0).toBe(0);
+    const pte = counts("fork", "pte-mapped-thp", 4);
+    expect(pte.pte_write).toBe(2 * 1024);
+    expect(pte.pmd_write ?? 0).toBe(0);
+  });
+
+  it("count fork's fixed cost on an empty address space", () => {
+    const c = counts("fork", "4k", 0);
+    expect(c.fork).toBe(1);
+    expect(c.pte_write ?? 0).toBe(0);
+  });
+
+  it("count anon faults once per folio of the asked size", () => {
+    expect(counts("anon_fault", "4k", 2).pgfault).toBe(512);
+    const c = counts("anon_fault", "16k", 2);
+    expect(c.pgfault).toBe(128);
+    expect(c["hugepages-16kB/anon_fault_alloc"]).toBe(128);
+    expect(c.page_zero).toBe(512);
+    expect(counts("anon_fault", "pmd", 2).thp_fault_alloc).toBe(1);
+  });
+
+  it("count the child's COW faults: one page copy per page written, a PMD split per THP", () => {
+    const c = counts("cow_fault", "4k", 2);
+    expect(c.pgfault).toBe(512);
+    expect(c.page_copy).toBe(512);
+    const pmd = counts("cow_fault", "pmd", 2);
+    expect(pmd.thp_split_pmd).toBe(1);
+    expect(pmd.page_copy).toBe(512);
+  });
+
+  it("count munmap of the populated range, folio by folio", () => {
+    expect(counts("munmap", "4k", 2).folio_free).toBe(512);
+    expect(counts("munmap", "64k", 2).folio_free).toBe(32);
+    expect(counts("munmap", "pmd", 2).folio_free).toBe(1);
+  });
+
+  it("refuse anon_fault of PTE-mapped THPs, as the live side does, and say why for MADV_DONTNEED", () => {
+    expect(modelWorkload("anon_fault", "pte-mapped-thp", 2)).toEqual({
+      unsupported: "not applicable: the first touch decides the mapping",
+    });
+    const d = modelWorkload("dontneed", "4k", 2);
+    if ("unsupported" in d) expect(d.unsupported).toMatch(/MADV_DONTNEED/);
+    else expect(d.counts.pte_write).toBe(512);
+  });
+
+  it("reject sizes the live side rejects", () => {
+    expect(() => modelWorkload("munmap", "4k", 0)).toThrow(/bad size 0 MiB/);
+    expect(() => modelWorkload("fork", "pmd", 3)).toThrow(/needs an even size/);
+  });
+});
