@@ -223,6 +223,7 @@ export function cowPteShare(
   dpmd.set(i, spmd.lo(i), spmd.hi(i));
   dpmd.setChild(i, t);
   m.stat.inc(EV.pmd_write);
+  m.stat.inc(EV.ptl_lock); // pmd_lock; v4's walk holds the table's lock as copy_pte_range does
   if (!c.deferred) accountShare(dst, src, t);
   c.gen = nextGen++;
   m.stat.inc(EV.cow_pte_share);
@@ -296,6 +297,7 @@ export function breakCowPte(mm: Mm, pmd: PageTable, i: number): number {
       throw new Error("cow-pte: break ran out of memory after its check");
   }
   populate(pmd, i, n);
+  m.stat.inc(EV.ptl_lock, 2);
   m.stat.inc(EV.pmd_write);
   m.stat.inc(EV.pgtable_copy);
   m.stat.inc(EV.cow_pte_break);

@@ -90,6 +90,7 @@ export function copyPageRange(dst: Mm, src: Mm, dstVma: Vma, srcVma: Vma, design
     if (spte.cow !== null) throw new Error(`copyPageRange: shared table at ${base} cannot be shared again`);
     const dpte = pteAlloc(dst, dpmd, i);
     if (dpte === null) return -ENOMEM;
+    src.machine.stat.inc(EV.ptl_lock, 2); // the source's and the destination's
     const r = design.copyPteRange(dst, src, dpte, spte, dstVma, srcVma, addr, next);
     if (r < 0) return r;
   }

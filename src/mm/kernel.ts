@@ -159,6 +159,7 @@ export class Kernel {
   fork(pid: number): number {
     const parent = this.mm(pid);
     this.machine.stat.inc(EV.syscall);
+    this.machine.stat.inc(EV.mmap_lock, 2); // dup_mmap write-locks the parent's and the child's
     const child = this.createProcess();
     if (child < 0) return child;
     const r = dupMmap(this.mm(child), parent, FORK_PT_COPY[this.forkPtCopy]);
@@ -195,6 +196,7 @@ export class Kernel {
   private gup(pid: number, addr: number, len: number, flags: number, fast: boolean, max: number): number {
     const mm = this.mm(pid);
     this.machine.stat.inc(EV.syscall); // vmsplice, or the call that pins (io_uring_register, ...)
+    this.machine.stat.inc(EV.mmap_lock);
     if (len <= 0) return -EINVAL;
     const first = Math.floor(addr / PAGE_SIZE) * PAGE_SIZE;
     const nr = Math.min(max, Math.ceil((addr + len) / PAGE_SIZE) - first / PAGE_SIZE);

@@ -71,6 +71,7 @@ function newVmFlags(vma: Vma, advice: number): number {
  */
 export function sysMadvise(mm: Mm, start: number, len: number, advice: number): number {
   mm.machine.stat.inc(EV.syscall);
+  mm.machine.stat.inc(EV.mmap_lock);
   if (!behaviorValid(advice)) return -EINVAL;
   if (start % PAGE_SIZE !== 0) return -EINVAL;
   const aligned = pageAlignU64(len);

@@ -96,6 +96,8 @@ function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: numbe
   const write = (flags & FAULT_FLAG_WRITE) !== 0;
   const pte = pteAlloc(mm, pmd, i);
   if (pte === null) return VM_FAULT_OOM;
+  mm.machine.stat.inc(EV.ptl_lock);
+  mm.machine.stat.inc(EV.pte_read);
   const j = pteIndex(addr);
   const lo = pte.lo(j);
   if (lo === 0 && pte.hi(j) === 0) {
@@ -403,6 +405,8 @@ function zapPteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean
   const mmap = m.memmap;
   let any = false;
   const jEnd = pteIndex(addr) + (end - addr) / 4096;
+  m.stat.inc(EV.ptl_lock);
+  m.stat.inc(EV.pte_read, jEnd - pteIndex(addr));
   for (let j = pteIndex(addr); j < jEnd; ) {
     const lo = pte.lo(j);
     if (lo === 0 && pte.hi(j) === 0) {

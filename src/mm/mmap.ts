@@ -132,6 +132,7 @@ export function vmEnoughMemory(mm: Mm, pages: number): boolean {
  */
 export function doMmap(mm: Mm, addr: number, len: number, prot: number, flags: number): number {
   mm.machine.stat.inc(EV.syscall);
+  mm.machine.stat.inc(EV.mmap_lock);
   if (len === 0) return -EINVAL;
   if (flags & MAP_FIXED_NOREPLACE) flags |= MAP_FIXED; // force MAP_FIXED handling
   if (!(flags & MAP_FIXED)) addr = roundHintToMin(addr);
@@ -241,6 +242,7 @@ export function mmPopulate(mm: Mm, start: number, end: number): void {
  */
 export function sysMunmap(mm: Mm, addr: number, len: number): number {
   mm.machine.stat.inc(EV.syscall);
+  mm.machine.stat.inc(EV.mmap_lock);
   if (addr % PAGE_SIZE !== 0 || addr > TASK_SIZE || len > TASK_SIZE - addr) return -EINVAL;
   len = pageAlignU64(len);
   if (len === 0) return -EINVAL;

@@ -58,6 +58,7 @@ import { EV } from "./vmstat.ts";
  */
 export function sysMprotect(mm: Mm, start: number, len: number, prot: number): number {
   mm.machine.stat.inc(EV.syscall);
+  mm.machine.stat.inc(EV.mmap_lock);
   const grows = prot & (PROT_GROWSDOWN | PROT_GROWSUP);
   prot &= ~(PROT_GROWSDOWN | PROT_GROWSUP);
   if (grows === (PROT_GROWSDOWN | PROT_GROWSUP)) return -EINVAL;
@@ -150,6 +151,8 @@ function changePteRange(mm: Mm, vma: Vma, pte: PageTable, addr: number, end: num
   const nx = vmPageProtNx(vma.flags) ? _PAGE_NX_HI : 0;
   const tryWrite = (vma.flags & (VM_WRITE | VM_SHARED)) === VM_WRITE;
   let n = 0;
+  m.stat.inc(EV.ptl_lock);
+  m.stat.inc(EV.pte_read, (end - addr) / PAGE_SIZE);
   for (let j = pteIndex(addr), jEnd = j + (end - addr) / PAGE_SIZE; j < jEnd; j++) {
     const lo = pte.lo(j);
     if (lo === 0 && pte.hi(j) === 0) continue;

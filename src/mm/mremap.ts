@@ -87,6 +87,7 @@ export function sysMremap(
   newAddr: number,
 ): number {
   mm.machine.stat.inc(EV.syscall);
+  mm.machine.stat.inc(EV.mmap_lock);
   const vrm: VmaRemap = {
     addr,
     oldLen: pageAlignU64(oldLen),

@@ -155,7 +155,7 @@ export function folioAddRmapPtes(mm: Mm, head: number, pfn: number, nr: number, 
     if (exclusive) mem.set(pfn + i, PG_anon_exclusive);
   }
   if (mem.order(head) > 0) folioAddLargeMapcount(m, head, nr, mm.id);
-  m.stat.inc(EV.mapcount_update);
+  m.stat.inc(EV.mapcount_update, nr); // one atomic per page's _mapcount (CONFIG_PAGE_MAPCOUNT)
 }
 
 /**
@@ -172,7 +172,7 @@ export function folioRemoveRmapPtes(mm: Mm, head: number, pfn: number, nr: numbe
     if (left < 0) throw new Error(`folioRemoveRmapPtes: pfn ${pfn + i} mapcount went negative`);
     if (left === 0) unmapped++;
   }
-  m.stat.inc(EV.mapcount_update);
+  m.stat.inc(EV.mapcount_update, nr);
   if (order === 0) return;
   folioSubLargeMapcount(m, head, nr, mm.id);
   const stillMapped = mem.largeMapcount(head) > 0;
@@ -221,7 +221,7 @@ export function folioTryDupAnonRmapPtes(dst: Mm, src: Mm, head: number, pfn: num
     mem.addMapcount(pfn + i, 1);
   }
   if (mem.order(head) > 0) folioAddLargeMapcount(m, head, nr, dst.id);
-  m.stat.inc(EV.mapcount_update);
+  m.stat.inc(EV.mapcount_update, nr);
   m.stat.inc(EV.rmap_dup);
   return true;
 }
