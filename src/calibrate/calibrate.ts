@@ -30,6 +30,7 @@ import {
   measureLive,
 } from "./live.ts";
 import { modelWorkload } from "./model.ts";
+import { FIXED_FROM_PRIOR, PRIOR_WEIGHT, priorNs } from "./prior.ts";
 
 /**
  * The default measurement, about 100 s on a 2-vCPU guest: the small sizes pin the fixed costs,
@@ -153,16 +154,24 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     // Non-null: a fitted row has model counts.
     counts: m.counts!,
   }));
-  const fit = fitCosts(samples);
+  const fit = fitCosts(samples, priorNs, PRIOR_WEIGHT, FIXED_FROM_PRIOR);
   const order = eventNames();
   const ns: Record<string, number> = {};
-  for (const e of order) if (e in fit.ns) ns[e] = round4(fit.ns[e]);
+  const fromPrior: string[] = [];
+  for (const e of order) {
+    if (e in fit.ns) ns[e] = round4(fit.ns[e]);
+    else if (priorNs(e) !== undefined) {
+      // Events no calibration workload produces (the COW-PTE designs, pins, splits).
+      ns[e] = priorNs(e) as number;
+      fromPrior.push(e);
+    }
+  }
   const profile: CostProfile = {
     name: opts.name,
     description:
       `Fitted by vmlab calibrate: workloads ${workloads.join(", ")} on ${folios.join(", ")} folios, ` +
-      `${opts.sizesMiB.join(", ")} MiB, median of ${opts.reps}; ns per event by NNLS on relative error ` +
-      "(docs/calibrate.md). Fixed costs are the events syscall, pgfault and fork.",
+      `${opts.sizesMiB.join(", ")} MiB, median of ${opts.reps}; ns per event by NNLS on relative error, ` +
+      "pulled toward a prior for events the workloads cannot tell apart (docs/calibrate.md). Fixed costs are the events syscall, pgfault and fork.",
     machine: machineDescription(),
     fitted: (opts.now ?? new Date()).toISOString(),
     ns,
@@ -196,6 +205,10 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
     `${fitted.length} of ${measured.length} samples fitted; rms relative error ${(100 * fit.rmsRelError).toFixed(1)} %`,
     ...notes,
     ...notApplicable,
+    `priced from the prior and not fitted, as the workloads cannot separate them: ${[...FIXED_FROM_PRIOR].join(", ")}`,
+    ...(fromPrior.length > 0
+      ? [`priced from the prior (src/calibrate/prior.ts), not fitted: ${fromPrior.join(", ")}`]
+      : []),
   );
   parseProfile(profile, "(new profile)"); // a bug here must not write a file that cannot be loaded
   const outDir = opts.outDir ?? PROFILES_DIR;

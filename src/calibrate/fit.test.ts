@@ -1,6 +1,6 @@
 import { fc, test } from "@fast-check/vitest";
 import { describe, expect, it } from "vitest";
-import { fitCosts, nnls } from "./fit.ts";
+import { type FitSample, fitCosts, nnls } from "./fit.ts";
 
 /** A x, for checking solutions. */
 const mul = (A: number[][], x: number[]) => A.map((row) => row.reduce((s, a, j) => s + a * x[j], 0));
@@ -171,5 +171,43 @@ describe("fitCosts", () => {
   it("refuses no samples and non-positive measurements", () => {
     expect(() => fitCosts([])).toThrow(/no samples/);
     expect(() => fitCosts([{ measuredNs: 0, counts: { fork: 1 } }])).toThrow(/not positive/);
+  });
+});
+
+describe("fitCosts with a prior", () => {
+  it("splits two events the samples cannot tell apart as the prior says, and keeps the fit", () => {
+    // a and b always come together (2 b per a): the data fixes only 1 x a + 2 x b = 30 ns.
+    const samples = [1, 3, 10].map((n) => ({ measuredNs: 30 * n, counts: { a: n, b: 2 * n } }));
+    const plain = fitCosts(samples);
+    expect(plain.aliased).toEqual([["a", "b"]]);
+    const prior = (e: string) => ({ a: 20, b: 5 })[e];
+    const f = fitCosts(samples, prior, 0.01);
+    // The groups stay aliased (equal ns per event), so the prior's mean decides: 10 and 10.
+    expect(f.ns.a + 2 * f.ns.b).toBeCloseTo(30, 0);
+    expect(f.rmsRelError).toBeLessThan(0.05);
+  });
+
+  it("pulls an event the data barely constrains toward its prior", () => {
+    // c appears once in a large sample: without a prior NNLS may put anything there.
+    const samples: FitSample[] = [
+      { measuredNs: 1000, counts: { a: 100 } },
+      { measuredNs: 2000, counts: { a: 200 } },
+      { measuredNs: 100_050, counts: { a: 10_000, c: 1 } },
+    ];
+    const f = fitCosts(samples, (e) => ({ a: 10, c: 50 })[e], 0.01);
+    expect(f.ns.a).toBeCloseTo(10, 1);
+    expect(f.ns.c).toBeGreaterThan(10);
+    expect(f.ns.c).toBeLessThan(200);
+  });
+});
+
+describe("fitCosts with fixed events", () => {
+  it("takes a fixed event's prior time off each sample and fits the rest", () => {
+    // 10 ns per a (fixed), 50 ns per b: the fit must find b = 50 exactly.
+    const samples: FitSample[] = [1, 2, 5].map((n) => ({ measuredNs: 60 * n, counts: { a: n, b: n } }));
+    const f = fitCosts(samples, (e) => ({ a: 10, b: 1 })[e], 0, new Set(["a"]));
+    expect(f.ns.a).toBe(10);
+    expect(f.ns.b).toBeCloseTo(50, 6);
+    expect(f.rmsRelError).toBeLessThan(1e-9);
   });
 });

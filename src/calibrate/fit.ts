@@ -158,19 +158,38 @@ export interface CostFit {
 }
 
 /**
- * Fits ns per event to the samples by NNLS on relative error (see the top of this file). Events
+ * Fits ns per event to the samples by NNLS on relative error (see the top of this file), pulled
+ * toward `prior` (ns per event, where it has one) with weight `priorWeight`: the objective adds
+ * priorWeight x ((ns - prior) / prior)^2 per event group, which splits time among events the
+ * samples cannot tell apart. Events in `fixed` that have a prior are not fitted: they cost their
+ * prior, taken off each sample first. Events
  * are the union of the samples' count names, in first-seen order; an event whose column is a
  * positive multiple of an earlier one joins its alias group. Precondition: every measuredNs > 0.
  * Throws "fitCosts: ..." on an empty sample list or a non-positive measurement.
  */
-export function fitCosts(samples: readonly FitSample[]): CostFit {
+export function fitCosts(
+  samples: readonly FitSample[],
+  prior: (event: string) => number | undefined = () => undefined,
+  priorWeight = 0,
+  fixed: ReadonlySet<string> = new Set(),
+): CostFit {
   if (samples.length === 0) throw new Error("fitCosts: no samples");
   for (const s of samples)
     if (!(s.measuredNs > 0)) throw new Error(`fitCosts: measured time ${s.measuredNs} is not positive`);
   const events: string[] = [];
+  const held: Record<string, number> = {};
   for (const s of samples)
-    for (const [e, n] of Object.entries(s.counts)) if (n !== 0 && !events.includes(e)) events.push(e);
-  // Relative-error rows: counts / measured, target 1.
+    for (const [e, n] of Object.entries(s.counts)) {
+      if (n === 0 || events.includes(e) || e in held) continue;
+      const p = fixed.has(e) ? prior(e) : undefined;
+      if (p !== undefined) held[e] = p;
+      else events.push(e);
+    }
+  // The fixed events' time comes off each sample first; the rest is fitted.
+  const heldNs = samples.map((s) =>
+    Object.entries(held).reduce((t, [e, p]) => t + (s.counts[e] ?? 0) * p, 0),
+  );
+  // Relative-error rows: counts / measured, target 1 - fixed share.
   const column = (e: string) => samples.map((s) => (s.counts[e] ?? 0) / s.measuredNs);
   const groups: { events: string[]; col: number[]; unit: number[] }[] = [];
   for (const e of events) {
@@ -185,11 +204,21 @@ export function fitCosts(samples: readonly FitSample[]): CostFit {
   }
   const scale = groups.map((g) => Math.hypot(...g.col));
   const A = samples.map((_, i) => groups.map((g, j) => g.col[i] / scale[j]));
-  const { x } = nnls(
-    A,
-    samples.map(() => 1),
-  );
-  const ns: Record<string, number> = {};
+  const b = samples.map((s, i) => 1 - heldNs[i] / s.measuredNs);
+  // The prior: one row per group with a positive prior, sqrt(w) (ns / prior - 1), target 0 (the
+  // group's prior is its events' mean, as they share one ns per event).
+  if (priorWeight > 0) {
+    const w = Math.sqrt(priorWeight);
+    groups.forEach((g, j) => {
+      const ps = g.events.map(prior).filter((p): p is number => p !== undefined && p > 0);
+      if (ps.length === 0) return;
+      const p = ps.reduce((t, v) => t + v, 0) / ps.length;
+      A.push(groups.map((_, c) => (c === j ? w / (scale[j] * p) : 0)));
+      b.push(w);
+    });
+  }
+  const { x } = nnls(A, b);
+  const ns: Record<string, number> = { ...held };
   groups.forEach((g, j) => {
     for (const e of g.events) ns[e] = x[j] / scale[j];
   });

@@ -8,7 +8,7 @@
 // anonymous range by trimming a larger mapping, and populates it by writing every page.
 
 import { countsDelta } from "../cost/profile.ts";
-import { Kernel } from "../mm/kernel.ts";
+import { type ForkPtCopy, Kernel } from "../mm/kernel.ts";
 import type { ThpPolicy } from "../mm/machine.ts";
 import { ANON_ORDERS, orderSizeName } from "../mm/vmstat.ts";
 import {
@@ -39,11 +39,11 @@ export const FOLIO_ORDER: Record<LiveFolio, number | null> = {
 export type ModelResult = { counts: Record<string, number> } | { unsupported: string };
 
 /**
- * A Kernel set up as the live measurement of `folio` is: batched fork, THP "never" globally and
+ * A Kernel set up as the live measurement of `folio` is: batched fork (or `ptCopy`), THP "never" globally and
  * for every size but the asked one, which is "always". RAM is at least 1 GiB and four times the
  * range (cow_fault holds two copies of it).
  */
-export function bootForFolio(folio: LiveFolio, sizeMiB: number): Kernel {
+export function bootForFolio(folio: LiveFolio, sizeMiB: number, ptCopy: ForkPtCopy = "batched"): Kernel {
   const orders: Partial<Record<number, ThpPolicy>> = {};
   for (const o of ANON_ORDERS) orders[o] = "never";
   const order = FOLIO_ORDER[folio];
@@ -52,7 +52,7 @@ export function bootForFolio(folio: LiveFolio, sizeMiB: number): Kernel {
   return new Kernel({
     ramBytes: gib * 2 ** 30,
     thp: { enabled: "never", orders, useZeroPage: true },
-    fork: { ptCopy: "batched" },
+    fork: { ptCopy },
   });
 }
 
@@ -99,7 +99,7 @@ function touch(k: Kernel, pid: number, p: number, size: number, folio: LiveFolio
  * microbench's prepare: a populated range, its PMD mappings split for pte-mapped-thp (mprotect
  * of one page read-only and back, which splits the PMD and merges the VMAs again).
  */
-function prepare(k: Kernel, pid: number, size: number, folio: LiveFolio): number {
+export function prepare(k: Kernel, pid: number, size: number, folio: LiveFolio): number {
   const p = mapAligned(k, pid, size);
   touch(k, pid, p, size, folio);
   if (folio === "pte-mapped-thp") {
