@@ -100,7 +100,7 @@ describe("vmlab run --costs", () => {
     const r = vmlab("run", FORK, "--costs");
     expect(r.status).toBe(0);
     expect(r.stdout).toMatch(
-      /^#3 +a: fork\(\) = pid 2 {2}\[b\]\n {6}cost [\d.]+ [µm]?s: .*pte_write \(512\)/m,
+      /^#3 +a: fork\(\) = pid 2 {2}\[b\]\n {6}cost [\d.]+ [µm]?s: fork \(1\) [\d.]+ [µm]?s, .*mapcount_update \(256\)/m,
     );
     expect(r.stdout).toMatch(/^Modeled time \(profile default: Linux .*\):$/m);
     expect(r.stdout).toMatch(/^ {2}#3 +a: fork +[\d.]+ [µm]?s$/m);

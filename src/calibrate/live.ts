@@ -6,7 +6,7 @@
 // module only measures. A sample whose layout is not the one asked for is never silently accepted:
 // its result says `achieved: false` and why.
 
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
 import { homedir } from "node:os";
@@ -261,23 +261,54 @@ function checkOptions(o: MeasureLiveOptions): void {
     );
 }
 
+/**
+ * Runs the microbenchmark without blocking the event loop, so that a SIGINT or SIGTERM is handled
+ * (the knobs restored) at once rather than when a long run ends: a blocked process can be killed
+ * outright by a supervisor (tsx escalates to SIGKILL), which would leave the knobs changed. The
+ * microbenchmark is killed when this process exits.
+ */
 function runMicrobench(
   bin: string,
   args: string[],
   timeoutMs: number,
-): { samples: LiveSample[]; signal: string | null } {
-  const r = spawnSync(bin, args, {
-    encoding: "utf8",
-    timeout: timeoutMs,
-    killSignal: "SIGKILL",
-    maxBuffer: 64 << 20,
+): Promise<{ samples: LiveSample[]; signal: string | null }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(bin, args, { stdio: ["ignore", "pipe", "pipe"] });
+    const killChild = (): void => {
+      child.kill("SIGKILL");
+    };
+    process.on("exit", killChild);
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => {
+      out += d;
+    });
+    child.stderr.setEncoding("utf8").on("data", (d: string) => {
+      err += d;
+    });
+    const timer = setTimeout(killChild, timeoutMs);
+    const done = (): void => {
+      clearTimeout(timer);
+      process.off("exit", killChild);
+    };
+    child.on("error", (e) => {
+      done();
+      reject(new Error(`runMicrobench: ${bin}: ${e.message}`));
+    });
+    child.on("close", (status, signal) => {
+      done();
+      if (signal !== null) resolve({ samples: [], signal });
+      else if (status !== 0)
+        reject(new Error(`runMicrobench: microbench ${args.join(" ")} exited ${status}: ${err.trim()}`));
+      else {
+        try {
+          resolve({ samples: parseMicrobenchOutput(out), signal: null });
+        } catch (e) {
+          reject(e);
+        }
+      }
+    });
   });
-  if (r.error !== undefined && (r.error as NodeJS.ErrnoException).code !== "ETIMEDOUT")
-    throw new Error(`runMicrobench: ${bin}: ${r.error.message}`);
-  if (r.signal !== null) return { samples: [], signal: r.signal };
-  if (r.status !== 0)
-    throw new Error(`runMicrobench: microbench ${args.join(" ")} exited ${r.status}: ${r.stderr.trim()}`);
-  return { samples: parseMicrobenchOutput(r.stdout), signal: null };
 }
 
 /**
@@ -332,7 +363,7 @@ export async function measureLive(opts: MeasureLiveOptions): Promise<LiveResult[
           String(opts.reps),
           ...(flags.length ? [flags.join(",")] : []),
         ];
-        const run = runMicrobench(bin, args, opts.timeoutMs ?? 600_000);
+        const run = await runMicrobench(bin, args, opts.timeoutMs ?? 600_000);
         await yieldToSignals();
         if (run.signal !== null)
           throw new CalibrateRefusal(

@@ -5,13 +5,14 @@ import { fileURLToPath } from "node:url";
 import { SingleBar } from "cli-progress";
 import { Command, CommanderError } from "commander";
 import { benchCore, formatBenchCore } from "../bench/core.ts";
+import { benchFork, formatBenchFork } from "../bench/fork.ts";
 import {
   CALIBRATE_DEFAULTS,
   calibrate,
   checkCalibrateOptions,
   formatCalibration,
 } from "../calibrate/calibrate.ts";
-import { CalibrateRefusal } from "../calibrate/knobs.ts";
+import { CalibrateRefusal, checkKnobAccess } from "../calibrate/knobs.ts";
 import { fuzz } from "../check/fuzz.ts";
 import { loadProfile, ProfileError } from "../cost/profile.ts";
 import { loadScenario, ScenarioError } from "../scenario/load.ts";
@@ -112,6 +113,67 @@ bench
     const r = benchCore({ maxGiB: Number(opts.maxGib), progress: (s) => process.stderr.write(`${s}\n`) });
     process.stdout.write(opts.json ? `${JSON.stringify(r, null, 2)}\n` : `${formatBenchCore(r)}\n`);
   });
+
+bench
+  .command("fork")
+  .description("the fork designs side by side: vmlab time, modeled time, child VmPTE, the live kernel's time")
+  .option("--json", "print the rows as JSON")
+  .option("--sizes <MiB,...>", "parent sizes, MiB (up to 65536 for vmlab alone)", "64,256,512,1024,4096")
+  .option("--kernel-max-mib <n>", "measure the live kernel up to this size", "4096")
+  .option("--no-kernel", "do not measure the live kernel (no root needed)")
+  .option("--reps <n>", "repetitions per cell, the median is shown", "3")
+  .option("--profile <name|path>", "cost profile for the modeled times", "default")
+  .option("--snapshot-mib <n>", "size of the snapshot workload, MiB", "1024")
+  .action(
+    async (opts: {
+      json?: boolean;
+      sizes: string;
+      kernelMaxMib: string;
+      kernel: boolean;
+      reps: string;
+      profile: string;
+      snapshotMib: string;
+    }) => {
+      const profile = loadProfile(opts.profile);
+      const sizesMiB = opts.sizes.split(",").map((s) => Number(s.trim()));
+      const reps = Number(opts.reps);
+      const snap = Number(opts.snapshotMib);
+      if (
+        sizesMiB.some((s) => !Number.isInteger(s) || s < 2 || s % 2) ||
+        !(reps >= 1) ||
+        !(snap >= 2) ||
+        snap % 2
+      ) {
+        process.stderr.write(
+          "vmlab bench fork: sizes must be even whole MiB (>= 2) and --reps at least 1\n  Hint: e.g. --sizes 64,1024 --reps 3\n",
+        );
+        process.exitCode = 2;
+        return;
+      }
+      let live = opts.kernel;
+      if (live) {
+        try {
+          checkKnobAccess([]);
+        } catch (e) {
+          if (!(e instanceof CalibrateRefusal)) throw e;
+          process.stderr.write(`no live-kernel column: ${e.message}\n  Hint: ${e.hint}\n`);
+          live = false;
+        }
+      }
+      const rows = await benchFork({
+        profile,
+        sizesMiB,
+        kernelMaxMiB: Number(opts.kernelMaxMib),
+        reps,
+        live,
+        snapshot: { sizeMiB: snap, folios: ["4k", "64k"], ps: [0, 0.01, 0.1, 1] },
+        progress: (s) => process.stderr.write(`${s}\n`),
+      });
+      process.stdout.write(
+        opts.json ? `${JSON.stringify(rows, null, 2)}\n` : `${formatBenchFork(rows, profile)}\n`,
+      );
+    },
+  );
 
 program
   .command("calibrate")
