@@ -79,6 +79,21 @@ describe.each(["cow-pte", "cow-pte-deferred"] as const)("%s", (design) => {
     void delta;
   });
 
+  it("maps a page on a read fault under a shared table (the fault replaces the table the CPU walked)", () => {
+    // Found by vmlab fuzz: the access loop kept walking the table it had before the fault.
+    const k = new Kernel({ ramBytes: 64 * 2 ** 20, thp: { enabled: "never" }, fork: { ptCopy: design } });
+    const parent = k.createProcess();
+    expect(k.mmap(parent, A, PMD_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)).toBe(A);
+    for (let p = 0; p < 512; p += 2) k.write(parent, A + p * PAGE_SIZE, PAGE_SIZE);
+    const child = k.fork(parent);
+    expect(shared(k, child, A)).toBe(true);
+    const want = k.read(parent, A, 4 * PAGE_SIZE).tags;
+    const r = k.read(child, A, 4 * PAGE_SIZE); // pages 1 and 3 are none: read faults
+    expect([r.pages, r.signal, r.tags]).toEqual([4, null, want]);
+    expect(shared(k, child, A)).toBe(false);
+    audit(k);
+  });
+
   it("reports the same RSS as per-PTE fork once no table is shared", () => {
     const a = setup(design);
     const b = setup("per-pte");

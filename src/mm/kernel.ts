@@ -324,11 +324,14 @@ export class Kernel {
         pfn = mmuTranslate(mm, a, write, true); // a huge PMD, or nothing mapped
       }
       if (pfn < 0) {
+        // A fault under a shared PTE table replaces this mm's table (break_cow_pte).
+        const rewalk = walkPte === undefined || walkPte.cow !== null;
         if (!userFault(mm, a, write, res)) return res;
-        // Retry the access, as the CPU does. A fault under an existing PTE table changes entries
-        // of that table only; any other fault may have installed tables, so walk again.
+        // Retry the access, as the CPU does. A fault under an existing, unshared PTE table
+        // changes entries of that table only; any other fault may have installed or replaced
+        // tables, so walk again.
         if (++retries > 3) throw new Error(`access: fault at ${a.toString(16)} did not map the page`);
-        if (walkPte === undefined) walkBase = -PMD_SIZE;
+        if (rewalk) walkBase = -PMD_SIZE;
         a -= PAGE_SIZE;
         continue;
       }
