@@ -94,6 +94,19 @@ describe.each(["cow-pte", "cow-pte-deferred"] as const)("%s", (design) => {
     audit(k);
   });
 
+  it("breaks COW when mmap(MAP_FIXED) replaces part of a shared table", () => {
+    // Found by vmlab fuzz: mmap_region unmapped the old range without the munmap pre-pass.
+    const { k, parent, child } = setup(design);
+    const at = A + PMD_SIZE + 4 * PAGE_SIZE;
+    expect(k.mmap(child, at, PAGE_SIZE, RW, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED)).toBe(at);
+    expect(shared(k, child, at)).toBe(false);
+    expect(k.read(child, at, PAGE_SIZE).tags).toEqual([0]);
+    expect(k.read(child, at + PAGE_SIZE, PAGE_SIZE).tags).toEqual(
+      k.read(parent, at + PAGE_SIZE, PAGE_SIZE).tags,
+    );
+    audit(k);
+  });
+
   it("reports the same RSS as per-PTE fork once no table is shared", () => {
     const a = setup(design);
     const b = setup("per-pte");

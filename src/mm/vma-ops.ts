@@ -143,9 +143,12 @@ export function vmaModifyFlags(mm: Mm, vma: Vma, start: number, end: number, new
 /**
  * vms_gather_munmap_vmas: splits the VMAs at the ends of the page-aligned [start, end) and
  * returns the VMAs inside it, still in the tree. Fails with -ENOMEM (nothing changed) when
- * unmapping from the middle of one VMA would pass vm.max_map_count.
+ * unmapping from the middle of one VMA would pass vm.max_map_count, or when a shared PTE table
+ * the range cuts cannot be broken (cow-pte.ts).
  */
 export function gatherMunmap(mm: Mm, start: number, end: number): Vma[] | number {
+  // The tables the range cuts are zapped in part: break COW on them first, all or nothing.
+  if (cowPteBreakRange(mm, start, end, true) < 0) return -ENOMEM;
   let i = mm.findVmaIndex(start);
   let first = mm.vmas[i];
   if (first === undefined || first.start >= end) return [];
@@ -185,7 +188,6 @@ export function completeMunmap(mm: Mm, doomed: Vma[]): void {
 
 /** do_vmi_munmap for a page-aligned range. Returns 0 or -ENOMEM (see gatherMunmap). */
 export function doMunmap(mm: Mm, start: number, end: number): number {
-  if (cowPteBreakRange(mm, start, end, true) < 0) return -ENOMEM;
   const doomed = gatherMunmap(mm, start, end);
   if (typeof doomed === "number") return doomed;
   completeMunmap(mm, doomed);
