@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -159,9 +159,14 @@ describe("parseScenario on a valid file", () => {
   });
 
   it("reads a file from disk and names it in the result", () => {
-    const path = join(mkdtempSync(join(tmpdir(), "vmlab-")), "ok.yaml");
+    const dir = mkdtempSync(join(tmpdir(), "vmlab-"));
+    const path = join(dir, "ok.yaml");
     writeFileSync(path, EXAMPLE);
-    expect(loadScenario(path).file).toBe(path);
+    try {
+      expect(loadScenario(path).file).toBe(path);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
