@@ -63,7 +63,7 @@ describe.each(["cow-pte", "cow-pte-deferred"] as const)("%s", (design) => {
   });
 
   it("breaks only the table a write reaches, and the last sharer takes the table back", () => {
-    const { k, parent, child, delta } = setup(design);
+    const { k, parent, child } = setup(design);
     const tag = k.read(parent, A + 5 * PAGE_SIZE, PAGE_SIZE).tags[0];
     expect(k.write(child, A + PAGE_SIZE, PAGE_SIZE).pages).toBe(1);
     audit(k);
@@ -76,7 +76,6 @@ describe.each(["cow-pte", "cow-pte-deferred"] as const)("%s", (design) => {
     expect(vmPteKiB(k, child)).toBe(8 + 4);
     // Deferred: the break did the per-page work for the child's 512 pages.
     expect(rssAnonKiB(k, child)).toBe(design === "cow-pte" ? LEN / 1024 : PMD_SIZE / 1024);
-    void delta;
   });
 
   it("maps a page on a read fault under a shared table (the fault replaces the table the CPU walked)", () => {
