@@ -36,6 +36,7 @@ export const MREMAP_FIXED = 2;
 export const MREMAP_DONTUNMAP = 4;
 
 export const MADV_NORMAL = 0;
+export const MADV_DONTNEED = 4;
 export const MADV_DONTFORK = 10;
 export const MADV_DOFORK = 11;
 export const MADV_WIPEONFORK = 18;

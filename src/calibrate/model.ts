@@ -14,6 +14,7 @@ import { ANON_ORDERS, orderSizeName } from "../mm/vmstat.ts";
 import {
   EINVAL,
   isErr,
+  MADV_DONTNEED,
   MAP_ANONYMOUS,
   MAP_PRIVATE,
   PAGE_SIZE,
@@ -22,9 +23,6 @@ import {
   PROT_WRITE,
 } from "../uapi.ts";
 import type { LiveFolio, LiveWorkload } from "./live.ts";
-
-/** MADV_DONTNEED (include/uapi/asm-generic/mman-common.h). */
-const MADV_DONTNEED = 4;
 
 /** The anon folio order each folio mode asks for (none: order 0 only). */
 export const FOLIO_ORDER: Record<LiveFolio, number | null> = {

@@ -11,6 +11,7 @@ import {
   isErr,
   MADV_DOFORK,
   MADV_DONTFORK,
+  MADV_DONTNEED,
   MADV_HUGEPAGE,
   MADV_KEEPONFORK,
   MADV_NOHUGEPAGE,
@@ -86,7 +87,15 @@ export type AbstractOp =
 const MAX_PROCS = 8;
 
 /** The advice the madvise op picks from. */
-const ADVICE = [MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK, MADV_KEEPONFORK];
+const ADVICE = [
+  MADV_HUGEPAGE,
+  MADV_NOHUGEPAGE,
+  MADV_DONTFORK,
+  MADV_DOFORK,
+  MADV_WIPEONFORK,
+  MADV_KEEPONFORK,
+  MADV_DONTNEED,
+];
 
 /** A vmlab and a reference model run in lockstep. */
 export class Lockstep {
@@ -345,7 +354,11 @@ export class Lockstep {
         const before = this.cowPteEnomem();
         const ret = k.madvise(pid, addr, len, advice);
         if (this.failedCowPteBreak(before, ret)) return;
-        this.expectRet("madvise", ret, this.ref.madvise(pid, addr, len, RefModel.forkAdvice(advice)));
+        const want =
+          advice === MADV_DONTNEED
+            ? this.ref.dontneed(pid, addr, len)
+            : this.ref.madvise(pid, addr, len, RefModel.forkAdvice(advice));
+        this.expectRet("madvise", ret, want);
         return;
       }
       case "read":

@@ -263,6 +263,24 @@ export class RefModel {
     return ret;
   }
 
+  /**
+   * MADV_DONTNEED: every private page of the range reads zero afterwards (a pin or pipe keeps
+   * the page it holds); shared pages keep their content. ENOMEM when a page is unmapped (after
+   * the others).
+   */
+  dontneed(pid: number, addr: number, len: number): number {
+    if (addr % PAGE_SIZE !== 0) return -EINVAL;
+    const size = Math.ceil(len / PAGE_SIZE) * PAGE_SIZE;
+    const p = this.proc(pid);
+    let ret = 0;
+    for (let a = addr; a < addr + size; a += PAGE_SIZE) {
+      const page = p.pages.get(a / PAGE_SIZE);
+      if (page === undefined) ret = -ENOMEM;
+      else if (page.obj === 0) p.priv.delete(a / PAGE_SIZE);
+    }
+    return ret;
+  }
+
   /** The advice whose effect on fork the model tracks, by MADV_* value. */
   static forkAdvice(advice: number): { dontfork?: boolean; wipe?: boolean } | undefined {
     return {

@@ -1,6 +1,6 @@
-// madvise (mm/madvise.c): the advice that only changes VMA flags: MADV_NORMAL, MADV_HUGEPAGE,
-// MADV_NOHUGEPAGE, MADV_DONTFORK/DOFORK and MADV_WIPEONFORK/KEEPONFORK. The advice that changes
-// memory arrives with reclaim.
+// madvise (mm/madvise.c): the advice that only changes VMA flags (MADV_NORMAL, MADV_HUGEPAGE,
+// MADV_NOHUGEPAGE, MADV_DONTFORK/DOFORK, MADV_WIPEONFORK/KEEPONFORK) and MADV_DONTNEED, which
+// zaps. MADV_FREE, COLD, PAGEOUT and POPULATE arrive with reclaim (issue #5).
 
 import {
   addU64,
@@ -9,6 +9,7 @@ import {
   ENOMEM,
   MADV_DOFORK,
   MADV_DONTFORK,
+  MADV_DONTNEED,
   MADV_HUGEPAGE,
   MADV_KEEPONFORK,
   MADV_NOHUGEPAGE,
@@ -18,6 +19,7 @@ import {
   pageAlignU64,
 } from "../uapi.ts";
 import { cowPteBreakRange } from "./cow-pte.ts";
+import { unmapPageRange } from "./memory.ts";
 import type { Mm } from "./mm.ts";
 import { VM_DONTCOPY, VM_HUGEPAGE, VM_NOHUGEPAGE, VM_SHARED, VM_WIPEONFORK, type Vma } from "./vma.ts";
 import { vmaModifyFlags } from "./vma-ops.ts";
@@ -27,6 +29,7 @@ import { EV } from "./vmstat.ts";
 function behaviorValid(advice: number): boolean {
   return [
     MADV_NORMAL,
+    MADV_DONTNEED,
     MADV_HUGEPAGE,
     MADV_NOHUGEPAGE,
     MADV_DONTFORK,
@@ -63,6 +66,17 @@ function newVmFlags(vma: Vma, advice: number): number {
 }
 
 /**
+ * madvise_dontneed_single_vma: zaps [start, end) of vma with zap_details.reclaim_pt
+ * (CONFIG_PT_RECLAIM, set on our 6.18 machines): a large folio the range covers in part loses
+ * those PTEs and waits on the deferred split queue, a PMD THP covered in part has its PMD split
+ * and keeps its folio, and a PTE table the range covers whole is freed once empty. Private
+ * pages read zero afterwards; shared ones keep their page-cache content.
+ */
+function madviseDontneedSingleVma(mm: Mm, vma: Vma, start: number, end: number): void {
+  unmapPageRange(mm, vma, start, end, true);
+}
+
+/**
  * do_madvise: applies advice to every VMA part of [start, start + len). Errors: EINVAL for an
  * unknown advice, an unaligned start or an overflowing range, or MADV_WIPEONFORK reaching a
  * shared VMA (returned at once, the VMAs before it changed); ENOMEM when part of the range is
@@ -92,6 +106,11 @@ export function sysMadvise(mm: Mm, start: number, len: number, advice: number): 
     if (vma.start > addr) unmapped = true;
     const from = Math.max(addr, vma.start);
     const to = Math.min(end, vma.end);
+    if (advice === MADV_DONTNEED) {
+      madviseDontneedSingleVma(mm, vma, from, to);
+      addr = to;
+      continue;
+    }
     const flags = newVmFlags(vma, advice);
     if (flags < 0) return flags;
     if (flags !== vma.flags) {

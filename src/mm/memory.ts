@@ -359,9 +359,11 @@ function doFaultAround(mm: Mm, vma: Vma, pte: PageTable, addr: number): void {
 
 /**
  * unmap_page_range: zaps every mapping in [start, end) of vma: PTEs, and huge PMDs (split
- * first when the range covers only part of one). Page tables stay; see freePgtables.
+ * first when the range covers only part of one). Page tables stay (see freePgtables), except
+ * with `reclaimPt` (zap_details.reclaim_pt, MADV_DONTNEED under CONFIG_PT_RECLAIM): a PTE table
+ * the range covers whole is freed once it is empty (try_to_free_pte).
  */
-export function unmapPageRange(mm: Mm, vma: Vma, start: number, end: number): void {
+export function unmapPageRange(mm: Mm, vma: Vma, start: number, end: number, reclaimPt = false): void {
   const m = mm.machine;
   let flushed = false;
   for (let addr = start, next: number; addr < end; addr = next) {
@@ -391,6 +393,13 @@ export function unmapPageRange(mm: Mm, vma: Vma, start: number, end: number): vo
       continue;
     }
     if (zapPteRange(mm, pte, addr, next)) flushed = true;
+    if (reclaimPt && next - addr === PMD_SIZE && pte.used === 0) {
+      pmd.clear(i);
+      pmd.setChild(i, undefined);
+      m.freeTable(pte); // free_pte
+      mm.pgtablesBytes -= 4096;
+      m.stat.inc(EV.pmd_write);
+    }
   }
   if (flushed) m.stat.inc(EV.tlb_flush);
 }

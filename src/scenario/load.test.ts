@@ -289,7 +289,7 @@ describe("parseScenario on a malformed file", () => {
       col: 58,
       path: "ops[1].advice",
       message: "unknown advice 'hugepages'",
-      hint: "advice is one of: hugepage, nohugepage, normal, dontfork, dofork, wipeonfork, keeponfork; did you mean 'hugepage'?",
+      hint: "advice is one of: hugepage, nohugepage, normal, dontfork, dofork, wipeonfork, keeponfork, dontneed; did you mean 'hugepage'?",
     });
     expect(fields(errorOf(`${HEAD}  - { op: mmap, pid: a, len: 4KiB, prot: [read, wrte] }\n`))).toMatchObject(
       {

@@ -27,6 +27,7 @@ import {
   isErr,
   MADV_DOFORK,
   MADV_DONTFORK,
+  MADV_DONTNEED,
   MADV_HUGEPAGE,
   MADV_KEEPONFORK,
   MADV_NOHUGEPAGE,
@@ -48,6 +49,7 @@ const ADVICE_VALUES: Readonly<Record<Advice, number>> = {
   dofork: MADV_DOFORK,
   wipeonfork: MADV_WIPEONFORK,
   keeponfork: MADV_KEEPONFORK,
+  dontneed: MADV_DONTNEED,
 };
 
 /** One op's line in the log, and the expectations it failed. */

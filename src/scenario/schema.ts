@@ -489,6 +489,7 @@ const ADVICE = [
   "dofork",
   "wipeonfork",
   "keeponfork",
+  "dontneed",
 ] as const;
 export type Advice = (typeof ADVICE)[number];
 const madviseOp = strict(
