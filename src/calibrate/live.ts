@@ -224,8 +224,9 @@ const medianOf = (samples: readonly LiveSample[]): LiveMedian => ({
 });
 
 /**
- * Lets queued signal handlers (SIGINT/SIGTERM from withKnobs) run between blocking runs: a signal
- * that arrived during spawnSync is dispatched on the second turn of the event loop, not the first.
+ * Lets queued signal handlers (SIGINT/SIGTERM from withKnobs) run between runs: a signal that
+ * arrived during a blocking step (the compile is still spawnSync) is dispatched on the second
+ * turn of the event loop, not the first.
  */
 async function yieldToSignals(): Promise<void> {
   for (let turn = 0; turn < 3; turn++) await new Promise((resolve) => setImmediate(resolve));
