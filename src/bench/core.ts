@@ -31,7 +31,8 @@ export interface BenchCore {
   node: string;
 }
 
-const median = (xs: number[]): number => {
+/** The median of xs (the mean of the middle two for an even count). */
+export const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 };

@@ -12,7 +12,7 @@ import { type CostProfile, countsDelta, modeledNs } from "../cost/profile.ts";
 import type { ForkPtCopy, Kernel } from "../mm/kernel.ts";
 import { status } from "../report/proc.ts";
 import { isErr, PAGE_SIZE } from "../uapi.ts";
-import { gc } from "./core.ts";
+import { gc, median } from "./core.ts";
 
 export const BENCH_DESIGNS: readonly ForkPtCopy[] = ["per-pte", "batched", "cow-pte", "cow-pte-deferred"];
 export const BENCH_FOLIOS: readonly LiveFolio[] = ["4k", "16k", "64k", "pmd", "pte-mapped-thp"];
@@ -78,11 +78,6 @@ export interface BenchForkOptions {
   snapshot: { sizeMiB: number; folios: readonly LiveFolio[]; ps: readonly number[] };
   progress?: (line: string) => void;
 }
-
-const median = (xs: number[]): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) >> 1] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 function pick(counts: Record<string, number>): Record<string, number> {
   const out: Record<string, number> = {};

@@ -35,7 +35,7 @@ import { batched } from "./fork-batched.ts";
 import { isCowMapping, perPte } from "./fork-per-pte.ts";
 import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
 import { isPmdLeaf, pmdOffset, populate } from "./pgalloc.ts";
-import { _PAGE_RW, _PAGE_SPECIAL, type PageTable, pmdAddrEnd, pmdIndex } from "./pgtable.ts";
+import { _PAGE_RW, _PAGE_SPECIAL, folioRunLength, type PageTable, pmdAddrEnd, pmdIndex } from "./pgtable.ts";
 import {
   folioAddLargeMapcount,
   folioAddRmapPtes,
@@ -154,8 +154,7 @@ function unaccount(mm: Mm, t: PageTable): void {
     const pfn = t.pfnAt(j);
     const head = mem.folioHead(pfn);
     const last = head + (1 << mem.order(head));
-    let nr = 1;
-    while (j + nr < 512 && pfn + nr < last && !t.none(j + nr) && t.pfnAt(j + nr) === pfn + nr) nr++;
+    const nr = folioRunLength(t, j, 512, pfn, last);
     m.stat.inc(EV.pte_read, nr);
     folioRemoveRmapPtes(mm, head, pfn, nr);
     mm.rss[mem.test(head, PG_anon) ? MM_ANONPAGES : MM_SHMEMPAGES] -= nr;

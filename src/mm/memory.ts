@@ -28,6 +28,7 @@ import {
   _PAGE_RW,
   _PAGE_SOFT_DIRTY,
   _PAGE_SPECIAL,
+  folioRunLength,
   HPAGE_PMD_ORDER,
   mkHi,
   mkLo,
@@ -432,9 +433,7 @@ function zapPteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean
     const pfn = pte.pfnAt(j);
     const head = mmap.folioHead(pfn);
     const last = head + (1 << mmap.order(head));
-    let nr = 1;
-    while (j + nr < jEnd && pfn + nr < last && pteMapped(pte.lo(j + nr)) && pte.pfnAt(j + nr) === pfn + nr)
-      nr++;
+    const nr = folioRunLength(pte, j, jEnd, pfn, last);
     for (let k = 0; k < nr; k++) pte.clear(j + k);
     m.stat.inc(EV.pte_write, nr);
     folioRemoveRmapPtes(mm, head, pfn, nr);

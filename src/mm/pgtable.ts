@@ -140,3 +140,14 @@ export class PageTable {
 export function pteMapped(lo: number): boolean {
   return (lo & (_PAGE_PRESENT | _PAGE_PROTNONE)) !== 0;
 }
+
+/**
+ * How many entries from t[j] on (at most up to jEnd) map consecutive pages pfn, pfn + 1, ...
+ * below `last` (the end of pfn's folio): the run zap and unmap take as one batch. At least 1;
+ * t[j] must map pfn.
+ */
+export function folioRunLength(t: PageTable, j: number, jEnd: number, pfn: number, last: number): number {
+  let nr = 1;
+  while (j + nr < jEnd && pfn + nr < last && pteMapped(t.lo(j + nr)) && t.pfnAt(j + nr) === pfn + nr) nr++;
+  return nr;
+}
