@@ -37,6 +37,11 @@ export const MREMAP_DONTUNMAP = 4;
 
 export const MADV_NORMAL = 0;
 export const MADV_DONTNEED = 4;
+export const MADV_FREE = 8;
+export const MADV_COLD = 20;
+export const MADV_PAGEOUT = 21;
+export const MADV_POPULATE_READ = 22;
+export const MADV_POPULATE_WRITE = 23;
 export const MADV_DONTFORK = 10;
 export const MADV_DOFORK = 11;
 export const MADV_WIPEONFORK = 18;
