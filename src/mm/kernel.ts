@@ -8,7 +8,13 @@ import { batched } from "./fork-batched.ts";
 import { perPte } from "./fork-per-pte.ts";
 import { FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, getUserPages, gupPutFolio } from "./gup.ts";
 import { VM_FAULT_OOM, VM_FAULT_SIGBUS } from "./huge-memory.ts";
-import { type CowReuse, defaultThpConfig, Machine, type ThpConfig } from "./machine.ts";
+import {
+  type CowReuse,
+  defaultThpConfig,
+  Machine,
+  type MadviseFreeDesign,
+  type ThpConfig,
+} from "./machine.ts";
 import { sysMadvise } from "./madvise.ts";
 import { FAULT_FLAG_WRITE, freePgtables, handleMmFault, unmapPageRange } from "./memory.ts";
 import { Mm } from "./mm.ts";
@@ -35,6 +41,10 @@ export interface KernelConfig {
   cow?: CowReuse;
   /** How fork copies page tables (fork.ptCopy): see FORK_PT_COPY. Default "batched", as 6.18. */
   fork?: { ptCopy?: ForkPtCopy };
+  /** The MADV_FREE design (madvise.free): "split" (before 6.10) or "batched" (the default). */
+  madvise?: { free?: MadviseFreeDesign };
+  /** Size of the swap device in bytes (default 0: no swap, as on our machines). */
+  swapBytes?: number;
 }
 
 /**
@@ -98,6 +108,8 @@ export class Kernel {
       ramBytes: config.ramBytes ?? 4 * 2 ** 30,
       thp,
       cow: config.cow ?? "modern",
+      swapBytes: config.swapBytes ?? 0,
+      madviseFree: config.madvise?.free ?? "batched",
     });
     this.forkPtCopy = config.fork?.ptCopy ?? "batched";
     this.machine.cowPte = FORK_PT_COPY[this.forkPtCopy].sharePteTables ?? null;

@@ -7,6 +7,7 @@ import type { CowPteMode } from "./cow-pte.ts";
 import type { GupRefs } from "./gup.ts";
 import { HPAGE_PMD_ORDER, PageTable } from "./pgtable.ts";
 import type { ShmemObject } from "./shmem.ts";
+import { SwapInfo } from "./swap.ts";
 import type { AnonVma } from "./vma.ts";
 import { EV, VmStat } from "./vmstat.ts";
 
@@ -30,10 +31,21 @@ export interface ThpConfig {
  */
 export type CowReuse = "modern" | "legacy";
 
+/**
+ * How MADV_FREE treats large folios (madvise.free): "split" splits every large folio in the
+ * range first, as Linux before 6.10; "batched" marks a folio the range covers whole and that
+ * this mm maps exclusively lazyfree without a split, as 6.10 and later (madvise.ts).
+ */
+export type MadviseFreeDesign = "split" | "batched";
+
 export interface MachineConfig {
   ramBytes: number;
   thp: ThpConfig;
   cow: CowReuse;
+  /** Size of the swap device in bytes (0: no swap, as on our machines). */
+  swapBytes?: number;
+  /** The MADV_FREE design (default "batched", as 6.18). */
+  madviseFree?: MadviseFreeDesign;
 }
 
 /** Linux 6.18 defaults on our machines: global madvise, 2048kB inherit, other sizes never. */
@@ -62,6 +74,10 @@ export class Machine {
   readonly gupRefs = new Map<number, GupRefs>();
   /** The COW reuse rule in force. */
   readonly cow: CowReuse;
+  /** The MADV_FREE design in force. */
+  readonly madviseFree: MadviseFreeDesign;
+  /** The swap device (nrSlots 0 when there is none). */
+  readonly swap: SwapInfo;
   /**
    * Whether fork shares PTE tables (the cow-pte designs, cow-pte.ts), and how; null when it
    * copies them. Walkers that change entries break COW only when this is set.
@@ -77,6 +93,8 @@ export class Machine {
   constructor(config: MachineConfig) {
     this.config = config;
     this.cow = config.cow;
+    this.madviseFree = config.madviseFree ?? "batched";
+    this.swap = new SwapInfo(Math.floor((config.swapBytes ?? 0) / 4096));
     const masks = { always: 0, madvise: 0, inherit: 0, never: 0 };
     for (const [order, policy] of Object.entries(config.thp.orders)) {
       if (policy !== undefined) masks[policy] |= 1 << Number(order);

@@ -8,6 +8,8 @@ import type { Vma } from "./vma.ts";
 export const MM_FILEPAGES = 0;
 export const MM_ANONPAGES = 1;
 export const MM_SHMEMPAGES = 2;
+/** MM_SWAPENTS: swap entries in this mm's page tables (VmSwap, smaps Swap). */
+export const MM_SWAPENTS = 3;
 
 /** vm.max_map_count default (DEFAULT_MAX_MAP_COUNT). */
 export const MAX_MAP_COUNT = 65530;
@@ -19,8 +21,8 @@ export class Mm {
    * Invariant: sorted, non-overlapping, page aligned.
    */
   readonly vmas: Vma[] = [];
-  /** rss_stat: MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES, in pages. */
-  readonly rss = [0, 0, 0];
+  /** rss_stat: MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES, MM_SWAPENTS, in pages. */
+  readonly rss = [0, 0, 0, 0];
   /**
    * mm_pgtables_bytes: PTE, PMD and PUD tables (deposited PTE tables included), as VmPTE shows.
    * Invariant: equals 4096 x the number of such tables reachable from pgd (plus deposits).

@@ -12,7 +12,19 @@ const GLOBAL = [
   "thp_fault_alloc",
   "thp_fault_fallback",
   "thp_split_pmd",
+  "thp_split_page",
+  "thp_split_page_failed",
   "thp_deferred_split_page",
+  "pglazyfree",
+  "pglazyfreed",
+  "pswpin",
+  "pswpout",
+  "pgscan",
+  "pgsteal",
+  "pgactivate",
+  "pgdeactivate",
+  "pgrefill",
+  "oom_kill",
   "thp_zero_page_alloc",
   // model events (for the cost model)
   "syscall",
@@ -48,8 +60,20 @@ const GLOBAL = [
   "gup_unshare",
   "pin",
   "unpin",
+  "folio_split",
+  "lru_move",
+  "swap_slot_alloc",
 ] as const;
-const PER_ORDER = ["anon_fault_alloc", "anon_fault_fallback", "split_deferred"] as const;
+const PER_ORDER = [
+  "anon_fault_alloc",
+  "anon_fault_fallback",
+  "split",
+  "split_failed",
+  "split_deferred",
+  "nr_anon_partially_mapped",
+  "swpout",
+  "swpin",
+] as const;
 
 export type GlobalEvent = (typeof GLOBAL)[number];
 export type OrderEvent = (typeof PER_ORDER)[number];

@@ -57,6 +57,10 @@ export const PG_referenced = 1 << 14;
  * holds every mapping again.
  */
 export const PG_mm_ids_shared = 1 << 15;
+/** PG_swapcache: the anon folio sits in the swap cache (folio->swap names its slot). */
+export const PG_swapcache = 1 << 16;
+/** PG_unevictable: on no reclaimable LRU list (vmlab puts shmem folios there, see lru.ts). */
+export const PG_unevictable = 1 << 17;
 
 const ORDER_SHIFT = 24;
 const ORDER_MASK = 0xf << ORDER_SHIFT;
