@@ -21,24 +21,21 @@ import {
 } from "../cost/profile.ts";
 import { type FitSample, fitCosts } from "./fit.ts";
 import { CalibrateRefusal, checkKnobAccess, type KnobEnv, listKnobs, THP_SYSFS_ROOT } from "./knobs.ts";
-import {
-  LIVE_FOLIOS,
-  LIVE_WORKLOADS,
-  type LiveFolio,
-  type LiveResult,
-  type LiveWorkload,
-  measureLive,
-} from "./live.ts";
+import { type LiveFolio, type LiveResult, type LiveWorkload, measureLive } from "./live.ts";
 import { modelWorkload } from "./model.ts";
 import { FIXED_FROM_PRIOR, PRIOR_WEIGHT, priorNs } from "./prior.ts";
 
 /**
  * The default measurement, about 100 s on a 2-vCPU guest: the small sizes pin the fixed costs,
  * the large ones the per-page costs. --quick's is a smoke run of seconds; its profile is rough.
+ * The folio modes are a subset of what live.ts measures: the other mTHP sizes add time and no
+ * event the fit lacks (pass `folios` to measure them).
  */
 export const CALIBRATE_DEFAULTS = {
   sizesMiB: [2, 16, 64, 256],
   reps: 5,
+  folios: ["4k", "16k", "64k", "pmd", "pte-mapped-thp"] satisfies LiveFolio[],
+  workloads: ["fork", "munmap", "anon_fault", "cow_fault", "dontneed"] satisfies LiveWorkload[],
   quick: { sizesMiB: [16], reps: 3 },
 } as const;
 
@@ -48,7 +45,9 @@ export interface CalibrateOptions {
   /** Range sizes, MiB: positive and even (PMD modes map whole 2 MiB folios). */
   sizesMiB: readonly number[];
   reps: number;
+  /** Folio modes (default CALIBRATE_DEFAULTS.folios; any of live.ts LIVE_FOLIOS). */
   folios?: readonly LiveFolio[];
+  /** Workloads (default CALIBRATE_DEFAULTS.workloads; any of live.ts LIVE_WORKLOADS). */
   workloads?: readonly LiveWorkload[];
   /** Where the profile goes (default PROFILES_DIR). */
   outDir?: string;
@@ -111,8 +110,8 @@ export async function calibrate(opts: CalibrateOptions): Promise<CalibrateResult
   checkCalibrateOptions(opts);
   const root = opts.env?.root ?? THP_SYSFS_ROOT;
   checkKnobAccess(listKnobs(root).length > 0 ? [] : ["enabled"], opts.env);
-  const folios = opts.folios ?? LIVE_FOLIOS;
-  const workloads = opts.workloads ?? LIVE_WORKLOADS;
+  const folios = opts.folios ?? CALIBRATE_DEFAULTS.folios;
+  const workloads = opts.workloads ?? CALIBRATE_DEFAULTS.workloads;
   const progress = opts.progress ?? (() => {});
   const measured: Measured[] = [];
   const notApplicable = new Set<string>();

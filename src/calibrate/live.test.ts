@@ -25,7 +25,9 @@ import {
 } from "./knobs.ts";
 import {
   checkFolioLayout,
+  FOLIO_KIB,
   knobSettingsFor,
+  LIVE_FOLIOS,
   type LiveSample,
   measureLive,
   median,
@@ -251,6 +253,22 @@ describe("live calibration, without the kernel", () => {
     expect(() => knobSettingsFor("16k", ["enabled"])).toThrow(/no THP knob for 16 KiB folios/);
   });
 
+  it("asks for every anon mTHP size of Linux 6.18 by its own knob", () => {
+    // The knobs of this kernel: orders 2..9 (8 KiB, order 1, is shmem only and has no "enabled").
+    const all = [
+      "enabled",
+      ...[16, 32, 64, 128, 256, 512, 1024, 2048].map((k) => `hugepages-${k}kB/enabled`),
+    ];
+    for (const folio of LIVE_FOLIOS) {
+      const s = knobSettingsFor(folio, all);
+      const on = Object.entries(s).filter(([, v]) => v === "always");
+      expect(on).toEqual(folio === "4k" ? [] : [[`hugepages-${FOLIO_KIB[folio]}kB/enabled`, "always"]]);
+      expect(Object.keys(s)).toEqual(all);
+    }
+    expect(Object.values(FOLIO_KIB).every((kib) => kib >= 4 && (kib & (kib - 1)) === 0)).toBe(true);
+    expect(() => knobSettingsFor("1m", knobs)).toThrow(/no THP knob for 1024 KiB folios/);
+  });
+
   it("accepts a sample only when its folios are the size asked for", () => {
     expect(checkFolioLayout("4k", sample({}))).toBeNull();
     expect(checkFolioLayout("16k", sample({}))).toMatch(
@@ -262,6 +280,13 @@ describe("live calibration, without the kernel", () => {
     expect(checkFolioLayout("pte-mapped-thp", { ...thp, anonHugeKiB: 0 })).toBeNull();
     expect(checkFolioLayout("pmd", { ...thp, anonHugeKiB: 0 })).toMatch(/only 0 of 16384 KiB PMD-mapped/);
     expect(checkFolioLayout("4k", sample({ folios: null }))).toMatch(/unreadable/);
+    // The new sizes: the histogram key is the folio's KiB; 1m is not PMD-mapped, so no AnonHugePages.
+    const m = sample({ folios: { "1024": 4000, "4": 96 } });
+    expect(checkFolioLayout("1m", m)).toBeNull();
+    expect(checkFolioLayout("512k", m)).toMatch(/0 of 4096 pages in 512 KiB folios/);
+    expect(checkFolioLayout("32k", sample({ folios: { "32": 3600, "4": 496 } }))).toMatch(
+      /3600 of 4096 pages in 32 KiB folios/,
+    );
   });
 
   it("parses microbench lines and rejects a field it does not know", () => {

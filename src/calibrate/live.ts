@@ -27,14 +27,31 @@ import {
 export const LIVE_WORKLOADS = ["fork", "munmap", "anon_fault", "cow_fault", "dontneed"] as const;
 export type LiveWorkload = (typeof LIVE_WORKLOADS)[number];
 
-export const LIVE_FOLIOS = ["4k", "16k", "64k", "pmd", "pte-mapped-thp"] as const;
+/** Every anonymous folio size of x86-64 (4 KiB pages, orders 0 and 2..9) and PTE-mapped THPs. */
+export const LIVE_FOLIOS = [
+  "4k",
+  "16k",
+  "32k",
+  "64k",
+  "128k",
+  "256k",
+  "512k",
+  "1m",
+  "pmd",
+  "pte-mapped-thp",
+] as const;
 export type LiveFolio = (typeof LIVE_FOLIOS)[number];
 
 /** The folio size, KiB, each mode asks the kernel for. */
 export const FOLIO_KIB: Record<LiveFolio, number> = {
   "4k": 4,
   "16k": 16,
+  "32k": 32,
   "64k": 64,
+  "128k": 128,
+  "256k": 256,
+  "512k": 512,
+  "1m": 1024,
   pmd: 2048,
   "pte-mapped-thp": 2048,
 };
@@ -251,7 +268,8 @@ function checkOptions(o: MeasureLiveOptions): void {
   const minSize = o.workloads.every((w) => w === "fork") ? 0 : 1;
   if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < minSize)
     bad(`sizeMiB must be an integer >= ${minSize}, not ${o.sizeMiB}`);
-  if (FOLIO_KIB[o.folio] === 2048 && o.sizeMiB % 2) bad(`sizeMiB must be a multiple of 2 for ${o.folio}`);
+  if ((o.sizeMiB * 1024) % FOLIO_KIB[o.folio])
+    bad(`sizeMiB must be a multiple of ${FOLIO_KIB[o.folio] / 1024} for ${o.folio}`);
   if (!Number.isInteger(o.reps) || o.reps < 1) bad(`reps must be a positive integer, not ${o.reps}`);
   const avail = memAvailableMiB();
   // cow_fault holds two copies of the range.

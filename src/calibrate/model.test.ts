@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest";
-import { bootForFolio, modelWorkload } from "./model.ts";
+import { LIVE_FOLIOS } from "./live.ts";
+import { bootForFolio, FOLIO_ORDER, modelWorkload } from "./model.ts";
 
 /** The counts of a workload vmlab runs (fails the test for an unsupported one). */
 function counts(...args: Parameters<typeof modelWorkload>): Record<string, number> {
@@ -78,5 +79,15 @@ describe("calibration workloads in vmlab", () => {
   it("reject sizes the live side rejects", () => {
     expect(() => modelWorkload("munmap", "4k", 0)).toThrow(/bad size 0 MiB/);
     expect(() => modelWorkload("fork", "pmd", 3)).toThrow(/needs an even size/);
+  });
+
+  it("populate every anon mTHP size with folios of that size only", () => {
+    expect(Object.keys(FOLIO_ORDER)).toEqual([...LIVE_FOLIOS]);
+    for (const folio of ["32k", "128k", "256k", "512k", "1m"] as const) {
+      const order = FOLIO_ORDER[folio] as number;
+      expect(bootForFolio(folio, 2).machine.hugeAnonOrdersAlways).toBe(1 << order);
+      // prepare checks the per-size alloc counter; munmap frees one folio per folio.
+      expect(counts("munmap", folio, 2).folio_free).toBe(512 >> order);
+    }
   });
 });

@@ -28,7 +28,12 @@ import type { LiveFolio, LiveWorkload } from "./live.ts";
 export const FOLIO_ORDER: Record<LiveFolio, number | null> = {
   "4k": null,
   "16k": 2,
+  "32k": 3,
   "64k": 4,
+  "128k": 5,
+  "256k": 6,
+  "512k": 7,
+  "1m": 8,
   pmd: 9,
   "pte-mapped-thp": 9,
 };
