@@ -23,6 +23,8 @@
 //   - only this module writes it while it is shared, and bumps `gen` when it does, so a walker
 //     that forgot to break COW (the thread's concern 1) shows as a change under an unchanged gen;
 //   - no page under it is pinned (pinning breaks COW first);
+//   - it holds no swap entry: a table with one is copied at fork, and reclaim does not swap out
+//     a page mapped through a shared table (swap.ts swapOutFolio);
 //   - v4: its entries are read-only.
 // A break that cannot allocate returns -ENOMEM before anything changed (concern 2): callers
 // break every table an operation needs up front (cowPteBreakRange), after checking there are
@@ -33,9 +35,17 @@ import { ENOMEM, PMD_SIZE } from "../uapi.ts";
 import type { PteCopyDesign } from "./fork.ts";
 import { batched } from "./fork-batched.ts";
 import { isCowMapping, perPte } from "./fork-per-pte.ts";
-import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
+import { MM_ANONPAGES, MM_SHMEMPAGES, MM_SWAPENTS, type Mm } from "./mm.ts";
 import { isPmdLeaf, pmdOffset, populate } from "./pgalloc.ts";
-import { _PAGE_RW, _PAGE_SPECIAL, folioRunLength, type PageTable, pmdAddrEnd, pmdIndex } from "./pgtable.ts";
+import {
+  _PAGE_RW,
+  _PAGE_SPECIAL,
+  folioRunLength,
+  type PageTable,
+  pmdAddrEnd,
+  pmdIndex,
+  pteMapped,
+} from "./pgtable.ts";
 import {
   folioAddLargeMapcount,
   folioAddRmapPtes,
@@ -92,14 +102,31 @@ function countMaybePinned(src: Mm, t: PageTable, countReads = true): number {
 }
 
 /**
+ * Whether t holds a swap entry. Only an mm with swap entries (MM_SWAPENTS) can have one, so
+ * only then is the table read.
+ */
+function holdsSwapEntry(mm: Mm, t: PageTable): boolean {
+  if (mm.rss[MM_SWAPENTS] === 0) return false;
+  for (let j = 0; j < 512; j++) {
+    const lo = t.lo(j);
+    if ((lo !== 0 || t.hi(j) !== 0) && !pteMapped(lo)) return true;
+  }
+  return false;
+}
+
+/**
  * Whether fork may share the PTE table behind src's PMD entry for [base, base + 2 MiB) of
- * srcVma: the VMA is a COW mapping that covers the whole table, and no entry maps a page that
- * may be pinned (which fork must copy). Only an mm that ever pinned a page (MMF_HAS_PINNED)
+ * srcVma: the VMA is a COW mapping that covers the whole table, no entry is a swap entry, and no
+ * entry maps a page that may be pinned (which fork must copy).
+ * Differs from the series, which does not say what a shared table does with swap entries: vmlab
+ * keeps them out of shared tables, so that only copy_nonpresent_pte handles them; the read of the
+ * table that looks for them is not counted. Only an mm that ever pinned a page (MMF_HAS_PINNED)
  * can have one, so only then are the entries read first (v4 folds this check into its
  * accounting walk; the model walks twice but counts the reads once).
  */
 export function cowPteShareable(src: Mm, srcVma: Vma, t: PageTable, base: number): boolean {
   if (!isCowMapping(srcVma.flags) || base < srcVma.start || base + PMD_SIZE > srcVma.end) return false;
+  if (t.cow === null && holdsSwapEntry(src, t)) return false;
   if (t.cow !== null || src.machine.cow !== "modern" || !src.hasPinned) return true;
   return countMaybePinned(src, t, src.machine.cowPte === "deferred") === 0;
 }
@@ -213,6 +240,7 @@ export function cowPteShare(
   // Non-null: the caller found a present non-leaf entry.
   const t = spmd.child(i)!;
   if (t.cow === null) {
+    if (holdsSwapEntry(src, t)) throw new Error(`cowPteShare: table at ${base} holds a swap entry`);
     t.cow = { sharers: [src], owner: src, deferred: mode === "deferred", addr: base, gen: nextGen++ };
     spmd.set(i, (spmd.lo(i) & ~_PAGE_RW) >>> 0, spmd.hi(i));
     m.stat.inc(EV.pmd_write);

@@ -6,7 +6,7 @@
 
 import { PG_anon } from "../phys/memmap.ts";
 import type { PteCopyDesign } from "./fork.ts";
-import { copyPresentPte, copySmallAnonPtes, isCowMapping } from "./fork-per-pte.ts";
+import { copyNonpresentPte, copyPresentPte, copySmallAnonPtes, isCowMapping } from "./fork-per-pte.ts";
 import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
 import {
   _PAGE_ACCESSED,
@@ -150,7 +150,11 @@ export const batched: PteCopyDesign = {
         a += 4096;
         continue;
       }
-      if (!pteMapped(lo)) throw new Error(`copyPteRange: unknown non-present PTE ${lo}`);
+      if (!pteMapped(lo)) {
+        copyNonpresentPte(dst, dpte, spte, k);
+        a += 4096;
+        continue;
+      }
       const nr = copyPresentPtes(dst, src, dpte, spte, dstVma, srcVma, k, a, (end - a) / 4096);
       if (nr < 0) return nr;
       a += nr * 4096;

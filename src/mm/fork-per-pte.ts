@@ -12,7 +12,7 @@ import {
 } from "../phys/memmap.ts";
 import { ENOMEM } from "../uapi.ts";
 import type { PteCopyDesign } from "./fork.ts";
-import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
+import { MM_ANONPAGES, MM_SHMEMPAGES, MM_SWAPENTS, type Mm } from "./mm.ts";
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
@@ -32,6 +32,7 @@ import {
   folioTryDupAnonRmapPtes,
   GUP_PIN_COUNTING_BIAS,
 } from "./rmap.ts";
+import { isSwapPte, pteSwpClearExclusive, pteSwpExclusive, swapDuplicate, swapPteSlot } from "./swap.ts";
 import { VM_MAYWRITE, VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
 import { EV } from "./vmstat.ts";
 
@@ -115,6 +116,29 @@ export function copyPresentPte(
   return 0;
 }
 
+/**
+ * copy_nonpresent_pte for a swap entry spte[k]: the child's entry refers to the same slot, which
+ * gains a reference (swap_duplicate), and counts in the child's MM_SWAPENTS. The page is shared
+ * from now on, so an exclusive entry loses its exclusive bit in the parent as in the child.
+ * Differs from Linux: swap counts have no limit, so this never fails (no -EIO retry with
+ * add_swap_count_continuation).
+ */
+export function copyNonpresentPte(dst: Mm, dpte: PageTable, spte: PageTable, k: number): void {
+  const m = dst.machine;
+  let lo = spte.lo(k);
+  const hi = spte.hi(k);
+  if (!isSwapPte(lo, hi)) throw new Error(`copyNonpresentPte: unknown non-present PTE ${lo}`);
+  swapDuplicate(m, swapPteSlot(lo, hi));
+  if (pteSwpExclusive(lo)) {
+    lo = pteSwpClearExclusive(lo);
+    spte.set(k, lo, hi);
+    m.stat.inc(EV.pte_write);
+  }
+  dst.rss[MM_SWAPENTS]++;
+  dpte.set(k, lo, hi);
+  m.stat.inc(EV.pte_write);
+}
+
 /** Flags that send a page off the small-anon fast path: a large folio, or not anon. */
 const NOT_SMALL_ANON = PG_head | PG_tail;
 
@@ -179,7 +203,10 @@ export function copySmallAnonPtes(
   return n;
 }
 
-/** copy_pte_range, one entry at a time (order-0 anon runs through copySmallAnonPtes). */
+/**
+ * copy_pte_range, one entry at a time (order-0 anon runs through copySmallAnonPtes, swap entries
+ * through copyNonpresentPte).
+ */
 export const perPte: PteCopyDesign = {
   name: "per-pte",
   copyPteRange(dst, src, dpte, spte, dstVma, srcVma, addr, end) {
@@ -194,7 +221,10 @@ export const perPte: PteCopyDesign = {
       const lo = spte.lo(k);
       dst.machine.stat.inc(EV.pte_read);
       if (lo === 0 && spte.hi(k) === 0) continue;
-      if (!pteMapped(lo)) throw new Error(`copyPteRange: unknown non-present PTE ${lo}`);
+      if (!pteMapped(lo)) {
+        copyNonpresentPte(dst, dpte, spte, k);
+        continue;
+      }
       const r = copyPresentPte(dst, src, dpte, spte, dstVma, srcVma, k, a);
       if (r < 0) return r;
     }

@@ -132,8 +132,9 @@ function walk(
 
 /**
  * gup_fast: takes pages of [addr, addr + nr pages) from the page tables alone, stopping at the
- * first page that needs the slow path: not present, not writable for FOLL_WRITE, special (the
- * zero pages), or one a R/O pin must unshare. Returns the frames taken.
+ * first page that needs the slow path: not present (a swap entry among them: only a fault
+ * brings the page back), not writable for FOLL_WRITE, special (the zero pages), or one a R/O pin
+ * must unshare. Returns the frames taken.
  */
 function gupFast(mm: Mm, addr: number, nr: number, flags: number): number[] {
   const m = mm.machine;
@@ -152,7 +153,7 @@ function gupFast(mm: Mm, addr: number, nr: number, flags: number): number[] {
 /**
  * __get_user_pages: takes pages of [addr, addr + nr pages) one by one, faulting each in as
  * needed: a write fault for FOLL_WRITE on a read-only entry, an unshare fault where
- * gupMustUnshare says so, a read fault where nothing is mapped. Stops with EFAULT outside a
+ * gupMustUnshare says so, a read fault where nothing is present (do_swap_page for a swap entry). Stops with EFAULT outside a
  * VMA, without the VMA right (check_vma_flags: VM_WRITE for FOLL_WRITE, else VM_READ) or past
  * the end of a shmem object, and with ENOMEM when a fault runs out of memory.
  */

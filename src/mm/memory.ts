@@ -4,7 +4,7 @@
 // Lock order (for when concurrency arrives): mmap_lock > vma lock > page-table lock (PTL).
 // Differs from Linux: faults run to completion one at a time, so no lock is taken yet.
 
-import { PG_anon, PG_anon_exclusive, PG_lru, PG_swapbacked } from "../phys/memmap.ts";
+import { PG_anon, PG_anon_exclusive, PG_lru, PG_swapbacked, PG_swapcache } from "../phys/memmap.ts";
 import { PMD_SIZE } from "../uapi.ts";
 import { breakCowPte, dropCowPte } from "./cow-pte.ts";
 import {
@@ -20,7 +20,7 @@ import {
   zapHugePmd,
 } from "./huge-memory.ts";
 import type { Machine } from "./machine.ts";
-import { MM_ANONPAGES, MM_SHMEMPAGES, type Mm } from "./mm.ts";
+import { MM_ANONPAGES, MM_SHMEMPAGES, MM_SWAPENTS, type Mm } from "./mm.ts";
 import { freePgdRange, isPmdLeaf, pmdAlloc, pmdOffset, pteAlloc, pudAlloc } from "./pgalloc.ts";
 import {
   _PAGE_ACCESSED,
@@ -47,6 +47,17 @@ import {
   folioRemoveRmapPtes,
 } from "./rmap.ts";
 import { shmemGetFolio } from "./shmem.ts";
+import {
+  folioFreeSwap,
+  freeSwapAndCache,
+  freeSwapCache,
+  isSwapPte,
+  pteSwpExclusive,
+  pteSwpSoftDirty,
+  swapFree,
+  swapinReadahead,
+  swapPteSlot,
+} from "./swap.ts";
 import { VM_MAYSHARE, VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
 import { EV } from "./vmstat.ts";
 
@@ -105,6 +116,7 @@ function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: numbe
     if (vma.isAnonymous()) return doAnonymousPage(mm, vma, pte, addr, write);
     return doShmemFault(mm, vma, pte, addr, write);
   }
+  if (!pteMapped(lo)) return doSwapPage(mm, vma, pte, j, addr, flags);
   if (flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) && !(lo & _PAGE_RW))
     return doWpPage(mm, vma, pte, j, addr, !write);
   pte.set(j, (lo | _PAGE_ACCESSED | (write ? _PAGE_DIRTY : 0)) >>> 0, pte.hi(j));
@@ -180,6 +192,70 @@ function pteRangeNone(pte: PageTable, addr: number, order: number): boolean {
 }
 
 /**
+ * do_swap_page (Linux 6.18) for a swap entry at pte[j] of a private anon VMA: the page comes from
+ * the swap cache, or is read into a new folio added to it (VM_FAULT_OOM, nothing changed, when
+ * no page is free). The entry's slot reference goes (swap_free), and the folio leaves the swap
+ * cache when swap is over half full, or on a write fault when the cache and this fault hold its
+ * only references (should_try_to_free_swap + folio_free_swap). The page is mapped exclusive when
+ * the entry was exclusive or no one else holds the folio any more (refcount 1); exclusive in a
+ * VM_WRITE VMA it is mapped writable, and dirty on a write fault. A write fault that could only
+ * map it read-only goes on to do_wp_page. A folio mapped for the first time gets a new anon rmap
+ * (at the root anon_vma when not exclusive, as __folio_set_anon does), else one more mapping.
+ */
+function doSwapPage(mm: Mm, vma: Vma, pte: PageTable, j: number, addr: number, flags: number): number {
+  const m = mm.machine;
+  const mem = m.memmap;
+  const swap = m.swap;
+  const lo = pte.lo(j);
+  const slot = swapPteSlot(lo, pte.hi(j));
+  const av = vma.anonVma;
+  if (!isSwapPte(lo, pte.hi(j)) || !vma.isAnonymous() || av === null)
+    throw new Error(`doSwapPage: entry ${lo} at ${addr} is not a swap entry of a private anon VMA`);
+  if (slot >= swap.nrSlots || swap.count[slot] <= 0)
+    throw new Error(`doSwapPage: swap entry at ${addr} names slot ${slot}, which no entry holds`);
+  const write = (flags & FAULT_FLAG_WRITE) !== 0;
+  let pfn = swap.cache.get(slot);
+  if (pfn === undefined) {
+    pfn = swapinReadahead(m, slot); // a major fault
+    if (pfn < 0) return VM_FAULT_OOM;
+  } else {
+    mem.addRef(pfn, 1); // swap_cache_get_folio's reference, which becomes the PTE's
+    m.stat.inc(EV.ref_update);
+  }
+  let exclusive = pteSwpExclusive(lo);
+  swapFree(m, slot);
+  // should_try_to_free_swap: a full device, or a write fault that may then reuse the page.
+  if (swap.full() || (write && mem.ref(pfn) === 2)) folioFreeSwap(m, pfn);
+  mm.rss[MM_ANONPAGES]++;
+  mm.rss[MM_SWAPENTS]--;
+  let bits = vmPageProtLo(vma.flags) | (pteSwpSoftDirty(lo) ? _PAGE_SOFT_DIRTY : 0);
+  let done = !write;
+  if (exclusive || mem.ref(pfn) === 1) {
+    exclusive = true;
+    if (vma.flags & VM_WRITE) {
+      bits |= _PAGE_RW;
+      if (write) {
+        bits |= _PAGE_DIRTY;
+        done = true;
+      }
+    }
+  }
+  if (!mem.test(pfn, PG_anon)) {
+    folioAddNewAnonRmap(mm, vma, pfn, 0, addr, false);
+    if (!exclusive) {
+      // __folio_set_anon: a folio that may be shared points at the oldest anon_vma.
+      mem.clear(pfn, PG_anon_exclusive);
+      mem.setFolioMapping(pfn, av.root.id, vma.linearPageIndex(addr));
+    }
+  } else {
+    folioAddRmapPtes(mm, pfn, pfn, 1, exclusive);
+  }
+  pte.set(j, mkLo(pfn, bits), mkHi(pfn, vmPageProtNx(vma.flags)));
+  m.stat.inc(EV.pte_write);
+  return done ? 0 : doWpPage(mm, vma, pte, j, addr, false);
+}
+
+/**
  * do_wp_page: a write fault (or, with `unshare`, an unshare fault for a R/O pin) on a present
  * read-only PTE. A shared mapping's page is made writable in place (wp_page_shared). A private
  * anon page is reused when it is PageAnonExclusive or provably owned by this mm alone
@@ -228,8 +304,9 @@ export function doWpPage(
 /**
  * wp_can_reuse_anon_folio (Linux 6.18): may a write fault reuse this anon folio that is not
  * marked exclusive? A small folio: only when its refcount is 1 (this mapping is the only
- * reference: no other mapping, pin, pipe or cache holds it), after which the folio moves to
- * vma's anon_vma. A large folio (__wp_can_reuse_large_anon_folio): when it is mapped more than
+ * reference: no other mapping, pin, pipe or cache holds it; a folio in the swap cache leaves it
+ * first if no swap entry needs it, folio_free_swap), after which the folio moves to vma's
+ * anon_vma. A large folio (__wp_can_reuse_large_anon_folio): when it is mapped more than
  * once, not maybe-mapped-shared by the mm id slots, and every reference is a mapping
  * (large mapcount == refcount).
  */
@@ -241,6 +318,9 @@ export function wpCanReuseAnonFolio(m: Machine, head: number, vma: Vma): boolean
     if (folioMaybeMappedShared(m, head)) return false;
     return mapcount === mem.ref(head);
   }
+  const cached = mem.test(head, PG_swapcache);
+  if (mem.ref(head) > 1 + (cached ? 1 : 0)) return false;
+  if (cached) folioFreeSwap(m, head); // drops the swap cache's reference when no entry needs it
   if (mem.ref(head) !== 1) return false;
   folioMoveAnonRmap(m, head, vma);
   return true;
@@ -249,14 +329,22 @@ export function wpCanReuseAnonFolio(m: Machine, head: number, vma: Vma): boolean
 /**
  * The legacy reuse rule (reuse_swap_page before 5.8): reuse when the page is mapped once,
  * counted as page_trans_huge_mapcount does: the largest per-page mapcount of the folio plus its
- * PMD mappings. References from pins and pipes are not looked at, which is the bug.
+ * PMD mappings, plus the swap entries of a swap-cache folio's slot. References from pins and
+ * pipes are not looked at, which is the bug.
  */
 export function legacyCanReuse(m: Machine, head: number): boolean {
   const mem = m.memmap;
   const nr = 1 << mem.order(head);
   let max = 0;
   for (let i = 0; i < nr; i++) max = Math.max(max, mem.mapcount(head + i));
-  return max + (nr > 1 ? mem.entireMapcount(head) : 0) <= 1;
+  let count = max + (nr > 1 ? mem.entireMapcount(head) : 0);
+  if (mem.test(head, PG_swapcache)) {
+    // reuse_swap_page counted the swap entries too, and dropped the swap cache when it reused.
+    // Non-null: PG_swapcache folios are in slotOf.
+    count += m.swap.count[m.swap.slotOf.get(head)!];
+    if (count === 1) folioFreeSwap(m, head);
+  }
+  return count <= 1;
 }
 
 /**
@@ -294,6 +382,7 @@ function wpPageCopy(mm: Mm, vma: Vma, pte: PageTable, j: number, addr: number, u
   } else {
     const head = m.memmap.folioHead(oldPfn);
     folioRemoveRmapPtes(mm, head, oldPfn, 1);
+    freeSwapCache(m, head);
     m.folioPut(head);
   }
   return 0;
@@ -408,7 +497,9 @@ export function unmapPageRange(mm: Mm, vma: Vma, start: number, end: number, rec
 /**
  * zap_pte_range: clears the PTEs of [addr, end) in one table. Runs of PTEs mapping consecutive
  * pages of one folio are unmapped as a batch (zap_present_ptes), so a folio unmapped whole is
- * never seen as partly mapped. Returns true when anything was unmapped.
+ * never seen as partly mapped; a folio left unmapped in the swap cache leaves it when no swap
+ * entry needs its slot (free_swap_cache). A swap entry drops its slot reference
+ * (free_swap_and_cache_nr). Returns true when a present entry was unmapped (a TLB flush is due).
  */
 function zapPteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean {
   const m = mm.machine;
@@ -423,8 +514,17 @@ function zapPteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean
       j++;
       continue;
     }
+    if (!pteMapped(lo)) {
+      // zap_nonpresent_ptes: a swap entry goes with its slot reference (no TLB entry to flush).
+      if (!isSwapPte(lo, pte.hi(j))) throw new Error(`zapPteRange: unknown non-present PTE ${lo}`);
+      const slot = swapPteSlot(lo, pte.hi(j));
+      pte.clear(j++);
+      m.stat.inc(EV.pte_write);
+      mm.rss[MM_SWAPENTS]--;
+      freeSwapAndCache(m, slot);
+      continue;
+    }
     any = true;
-    if (!pteMapped(lo)) throw new Error(`zapPteRange: unknown non-present PTE ${lo}`);
     if (lo & _PAGE_SPECIAL) {
       pte.clear(j++);
       m.stat.inc(EV.pte_write);
@@ -438,6 +538,7 @@ function zapPteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean
     m.stat.inc(EV.pte_write, nr);
     folioRemoveRmapPtes(mm, head, pfn, nr);
     mm.rss[mmap.test(head, PG_anon) ? MM_ANONPAGES : MM_SHMEMPAGES] -= nr;
+    freeSwapCache(m, head); // free_pages_and_swap_cache
     m.folioPut(head, nr);
     j += nr;
   }

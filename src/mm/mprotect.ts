@@ -35,6 +35,7 @@ import {
   pmdAddrEnd,
   pmdIndex,
   pteIndex,
+  pteMapped,
 } from "./pgtable.ts";
 import {
   calcVmProtBits,
@@ -144,7 +145,10 @@ export function changeProtection(mm: Mm, vma: Vma, start: number, end: number): 
 const PROT_BITS = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_PROTNONE;
 const KEEP_BITS = _PAGE_ACCESSED | _PAGE_DIRTY | _PAGE_SPECIAL | _PAGE_SOFT_DIRTY;
 
-/** change_pte_range: returns the number of entries rewritten. */
+/**
+ * change_pte_range: returns the number of entries rewritten. A swap entry stays as it is (Linux
+ * rewrites only migration, device-private and uffd-wp entries).
+ */
 function changePteRange(mm: Mm, vma: Vma, pte: PageTable, addr: number, end: number): number {
   const m = mm.machine;
   const prot = vmPageProtLo(vma.flags) & PROT_BITS;
@@ -156,6 +160,8 @@ function changePteRange(mm: Mm, vma: Vma, pte: PageTable, addr: number, end: num
   for (let j = pteIndex(addr), jEnd = j + (end - addr) / PAGE_SIZE; j < jEnd; j++) {
     const lo = pte.lo(j);
     if (lo === 0 && pte.hi(j) === 0) continue;
+    // A swap entry keeps its bits: the protection applies when a fault maps the page again.
+    if (!pteMapped(lo)) continue;
     let nlo = ((lo & ~0xfff) | (lo & KEEP_BITS) | prot) >>> 0;
     if (tryWrite && !(lo & _PAGE_SPECIAL) && m.memmap.test(pte.pfnAt(j), PG_anon_exclusive)) {
       nlo = (nlo | _PAGE_RW) >>> 0;

@@ -541,7 +541,8 @@ function moveHugePmd(mm: Mm, from: PageTable, i: number, to: PageTable, j: numbe
 
 /**
  * move_ptes: moves the PTEs of [oldAddr, oldAddr + extent) (one table on each side) with their
- * bits unchanged, and flushes the old range once if any was mapped. The target PTEs are none.
+ * bits unchanged, and flushes the old range once if any was present. The target PTEs are none.
+ * Swap entries move as they are: their slot, its count and MM_SWAPENTS stay (one mm).
  * Linux batches the PTEs of one large folio (mremap_folio_pte_batch), which writes the same
  * entries; the soft-dirty bit it would set is not configured on our machines.
  */
