@@ -5,13 +5,14 @@
 import type { Kernel } from "../mm/kernel.ts";
 import type { Mm } from "../mm/mm.ts";
 import { _PAGE_PSE, pgdIndex, pmdIndex, pteIndex, pteMapped, pudIndex } from "../mm/pgtable.ts";
+import { isSwapPte, swapEntryContent, swapPteSlot } from "../mm/swap.ts";
 import { PAGE_SIZE, PROT_EXEC, PROT_READ, PROT_WRITE } from "../uapi.ts";
 import type { RefModel } from "./reference.ts";
 
 /**
- * The content tag a read of addr would return, without side effects: the mapped page's tag,
- * else the shmem page cache's, else 0 (an untouched private page reads zeros). Null outside
- * every VMA.
+ * The content tag a read of addr would return, without side effects: the mapped page's tag, a
+ * swapped-out page's (from the swap cache or its slot), else the shmem page cache's, else 0 (an
+ * untouched private page reads zeros). Null outside every VMA.
  */
 export function peekContent(mm: Mm, addr: number): number | null {
   const vma = mm.vmaLookup(addr);
@@ -24,6 +25,8 @@ export function peekContent(mm: Mm, addr: number): number | null {
     const pte = pmd.child(i);
     const j = pteIndex(addr);
     if (pte !== undefined && pteMapped(pte.lo(j))) return m.memmap.tag(pte.pfnAt(j));
+    if (pte !== undefined && isSwapPte(pte.lo(j), pte.hi(j)))
+      return swapEntryContent(m, swapPteSlot(pte.lo(j), pte.hi(j)));
   }
   if (vma.shmem !== null) {
     const pfn = vma.shmem.pages.get(vma.pgoff + (addr - vma.start) / PAGE_SIZE);

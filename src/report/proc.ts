@@ -1,7 +1,7 @@
 // /proc-style reports (fs/proc/task_mmu.c, fs/proc/array.c): status, smaps, and a page-level
 // dump in the spirit of pagemap + kpageflags + kpagecount.
 
-import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, type Mm } from "../mm/mm.ts";
+import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, type Mm } from "../mm/mm.ts";
 import {
   _PAGE_DIRTY,
   _PAGE_PRESENT,
@@ -14,6 +14,7 @@ import {
   pteMapped,
   pudIndex,
 } from "../mm/pgtable.ts";
+import { isSwapPte, pteSwpExclusive, swapEntryContent, swapPteSlot } from "../mm/swap.ts";
 import { VM_EXEC, VM_READ, VM_SHARED, VM_WRITE, type Vma, vmFlagsString } from "../mm/vma.ts";
 import { PG_anon, PG_anon_exclusive, PG_dirty, PG_swapbacked } from "../phys/memmap.ts";
 import { PAGE_SIZE, PMD_SIZE } from "../uapi.ts";
@@ -26,9 +27,11 @@ export interface Status {
   RssFile: number;
   RssShmem: number;
   VmPTE: number;
+  /** MM_SWAPENTS: the swap entries in the page tables. */
+  VmSwap: number;
 }
 
-/** task_mem: sizes in kB from the VMAs, the RSS counters and mm_pgtables_bytes. */
+/** task_mem: sizes in kB from the VMAs, the RSS counters (MM_SWAPENTS too) and mm_pgtables_bytes. */
 export function status(mm: Mm): Status {
   let vm = 0;
   for (const v of mm.vmas) vm += v.end - v.start;
@@ -42,6 +45,7 @@ export function status(mm: Mm): Status {
     RssFile: file,
     RssShmem: shmem,
     VmPTE: mm.pgtablesBytes / 1024,
+    VmSwap: mm.rss[MM_SWAPENTS] * 4,
   };
 }
 
@@ -57,13 +61,16 @@ export interface SmapsEntry {
   Anonymous: number;
   AnonHugePages: number;
   LazyFree: number;
+  /** Swap entries in the VMA's page tables. */
+  Swap: number;
   VmFlags: string;
 }
 
 /**
  * show_smap: walks the VMA's page tables as smaps_pte_range does. The zero page and the huge
  * zero page count nowhere (vm_normal_page is NULL for them); a PMD-mapped anon THP counts in
- * AnonHugePages; a clean, not swap-backed anon page counts in LazyFree.
+ * AnonHugePages; a clean, not swap-backed anon page counts in LazyFree; a swap entry counts in
+ * Swap (SwapPss is not shown).
  */
 export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
   const m = mm.machine;
@@ -72,6 +79,7 @@ export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
   let anon = 0;
   let thp = 0;
   let lazy = 0;
+  let swap = 0;
   for (let addr = vma.start; addr < vma.end; ) {
     const pmd = mm.pgd.child(pgdIndex(addr))?.child(pudIndex(addr));
     const pmdEnd = Math.min(vma.end, (Math.floor(addr / PMD_SIZE) + 1) * PMD_SIZE);
@@ -98,7 +106,11 @@ export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
     }
     for (; addr < pmdEnd; addr += PAGE_SIZE) {
       const lo = pte?.lo(pteIndex(addr)) ?? 0;
-      if (!pteMapped(lo) || lo & _PAGE_SPECIAL) continue;
+      if (!pteMapped(lo)) {
+        if (pte !== undefined && isSwapPte(lo, pte.hi(pteIndex(addr)))) swap += 4;
+        continue;
+      }
+      if (lo & _PAGE_SPECIAL) continue;
       // Non-null: a mapped entry was read from this table.
       const pfn = pte!.pfnAt(pteIndex(addr));
       const head = mem.folioHead(pfn);
@@ -121,6 +133,7 @@ export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
     Anonymous: anon,
     AnonHugePages: thp,
     LazyFree: lazy,
+    Swap: swap,
     VmFlags: vmFlagsString(f),
   };
 }
@@ -133,8 +146,11 @@ export function smaps(mm: Mm): SmapsEntry[] {
 /** One virtual page of the page-level dump. */
 export interface PageInfo {
   addr: number;
-  /** "none" unmapped, "zero"/"hugezero" the shared zero pages, "anon" or "shmem" a folio page. */
-  kind: "none" | "zero" | "hugezero" | "anon" | "shmem";
+  /**
+   * "none" unmapped, "zero"/"hugezero" the shared zero pages, "anon" or "shmem" a folio page,
+   * "swap" a swap entry (pagemap's PM_SWAP).
+   */
+  kind: "none" | "zero" | "hugezero" | "anon" | "shmem" | "swap";
   pfn: number;
   /** The folio head's pfn and order (0 for order-0 folios). */
   head: number;
@@ -148,14 +164,21 @@ export interface PageInfo {
    * pagemap_pmd_range computes it once. Not PageAnonExclusive: see anonExclusive.
    */
   exclusive: boolean;
-  /** PageAnonExclusive (kpageflags bit 34 on x86-64), the head's for a PMD-mapped THP. */
+  /**
+   * PageAnonExclusive (kpageflags bit 34 on x86-64), the head's for a PMD-mapped THP; for a swap
+   * entry, its exclusive bit (pte_swp_exclusive), which keeps PageAnonExclusive while the page
+   * is out.
+   */
   anonExclusive: boolean;
   writable: boolean;
   dirty: boolean;
   present: boolean;
   mapcount: number;
   refcount: number;
+  /** The content tag (of the swapped-out page for a swap entry). */
   tag: number;
+  /** The swap slot of a swap entry, else -1. */
+  swap: number;
 }
 
 /** The page-level picture of [start, end): what maps each virtual page (pagemap-like). */
@@ -179,6 +202,7 @@ export function pageDump(mm: Mm, start: number, end: number): PageInfo[] {
       mapcount: 0,
       refcount: 0,
       tag: 0,
+      swap: -1,
     };
     out.push(info);
     const pmd = mm.pgd.child(pgdIndex(addr))?.child(pudIndex(addr));
@@ -194,6 +218,14 @@ export function pageDump(mm: Mm, start: number, end: number): PageInfo[] {
       const pte = pmd.child(i);
       if (pte === undefined) continue;
       lo = pte.lo(pteIndex(addr));
+      const hi = pte.hi(pteIndex(addr));
+      if (isSwapPte(lo, hi)) {
+        info.kind = "swap";
+        info.swap = swapPteSlot(lo, hi);
+        info.anonExclusive = pteSwpExclusive(lo);
+        info.tag = swapEntryContent(m, info.swap);
+        continue;
+      }
       if (!pteMapped(lo)) continue;
       pfn = pte.pfnAt(pteIndex(addr));
     }
@@ -238,6 +270,7 @@ export function formatSmaps(e: SmapsEntry): string {
     kb("Anonymous", e.Anonymous),
     kb("LazyFree", e.LazyFree),
     kb("AnonHugePages", e.AnonHugePages),
+    kb("Swap", e.Swap),
     `VmFlags: ${e.VmFlags}`,
   ].join("\n");
 }
@@ -262,7 +295,7 @@ export function formatPageDump(pages: PageInfo[]): string {
     let n = 1;
     while (i + n < pages.length && continues(pages[i + n - 1], pages[i + n])) n++;
     const folio = p.head < 0 ? "-" : `${p.head.toString(16)}/o${p.order}${p.pmd ? " pmd" : ""}`;
-    const pfn = p.pfn < 0 ? "-" : p.pfn.toString(16);
+    const pfn = p.kind === "swap" ? `swp:${p.swap.toString(16)}` : p.pfn < 0 ? "-" : p.pfn.toString(16);
     const yes = (b: boolean) => (b ? "y" : "-");
     lines.push(
       `${hex(p.addr)}  ${String(n).padStart(5)}  ${p.kind.padEnd(8)}  ${pfn.padEnd(9)}  ${folio.padEnd(13)}  ${String(p.mapcount).padStart(3)}  ${yes(p.exclusive).padStart(4)} ${yes(p.anonExclusive).padStart(2)} ${yes(p.writable).padStart(2)} ${yes(p.dirty).padStart(5)}`,
@@ -278,5 +311,6 @@ function continues(a: PageInfo, b: PageInfo): boolean {
   if (a.anonExclusive !== b.anonExclusive) return false;
   if (a.dirty !== b.dirty || a.mapcount !== b.mapcount) return false;
   if (a.kind === "none" || a.kind === "zero") return true;
+  if (a.kind === "swap") return b.swap === a.swap + 1;
   return b.pfn === a.pfn + 1 && a.head === b.head;
 }
