@@ -3,7 +3,9 @@
 
 import { describe, expect, it } from "vitest";
 import { Kernel } from "../mm/kernel.ts";
+import { MM_SWAPENTS } from "../mm/mm.ts";
 import { _PAGE_NX_HI, pgdIndex, pmdIndex, pteIndex, pudIndex } from "../mm/pgtable.ts";
+import { mkSwapPte, swapOutFolio, swapPteSlot } from "../mm/swap.ts";
 import { PG_anon_exclusive, PG_partially_mapped } from "../phys/memmap.ts";
 import { MAP_ANONYMOUS, MAP_PRIVATE, PROT_READ, PROT_WRITE } from "../uapi.ts";
 import { audit } from "./audit.ts";
@@ -79,5 +81,68 @@ describe("audit", () => {
     const { k, pfn } = healthy();
     k.machine.memmap.clear(pfn, PG_anon_exclusive);
     expect(() => audit(k)).toThrow(/not AnonExclusive/);
+  });
+});
+
+/**
+ * One process with five pages, four written: page 0 swapped out, page 1 back from swap (cached).
+ */
+function swapped() {
+  const k = new Kernel({ ramBytes: 64 * 2 ** 20, swapBytes: 64 * 4096, thp: { enabled: "never" } });
+  const pid = k.createProcess();
+  const addr = k.mmap(pid, 0, 5 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS);
+  k.write(pid, addr, 4 * 4096);
+  const mm = k.mm(pid);
+  // Non-null: the write above populated this range.
+  const pte = mm.pgd.child(pgdIndex(addr))!.child(pudIndex(addr))!.child(pmdIndex(addr))!;
+  const j = pteIndex(addr);
+  for (const i of [0, 1]) expect(swapOutFolio(k.machine, pte.pfnAt(j + i))).toBe("swapped");
+  k.read(pid, addr + 4096, 4096);
+  audit(k);
+  const slot = swapPteSlot(pte.lo(j), pte.hi(j));
+  // Non-null: page 1 was read back through the swap cache, which keeps it.
+  const cachedSlot = k.machine.swap.slotOf.get(pte.pfnAt(j + 1))!;
+  return { k, mm, pte, j, slot, cachedSlot, cached: pte.pfnAt(j + 1) };
+}
+
+describe("audit of swap", () => {
+  it("reports a slot count that does not match the swap entries", () => {
+    const { k, slot } = swapped();
+    k.machine.swap.count[slot]++;
+    expect(() => audit(k)).toThrow(
+      new RegExp(`swap slot ${slot} counts 2 swap entries, the page tables hold 1`),
+    );
+  });
+
+  it("reports MM_SWAPENTS that does not match the swap entries", () => {
+    const { k, mm } = swapped();
+    mm.rss[MM_SWAPENTS]--;
+    expect(() => audit(k)).toThrow(/MM_SWAPENTS is 0, page tables map 1/);
+  });
+
+  it("reports a swap entry naming a free slot", () => {
+    const { k, mm, pte, j } = swapped();
+    const [lo, hi] = mkSwapPte(40, false, false);
+    pte.set(j + 4, lo, hi);
+    mm.rss[MM_SWAPENTS]++;
+    expect(() => audit(k)).toThrow(/swap slot 40 counts 0 swap entries, the page tables hold 1/);
+  });
+
+  it("reports a clean swap-cache folio whose content is not its slot's", () => {
+    const { k, cached } = swapped();
+    k.machine.memmap.setTag(cached, 12345);
+    expect(() => audit(k)).toThrow(/clean swap cache folio .* holds 12345/);
+  });
+
+  it("reports a swap-cache folio whose refcount lacks the cache's reference", () => {
+    const { k, cached } = swapped();
+    k.machine.memmap.addRef(cached, -1);
+    expect(() => audit(k)).toThrow(/refcount 1, expected 2/);
+  });
+
+  it("reports a swap cache and folio->swap that disagree", () => {
+    const { k, cached, cachedSlot } = swapped();
+    k.machine.swap.slotOf.set(cached, cachedSlot + 7);
+    expect(() => audit(k)).toThrow(/whose folio->swap is/);
   });
 });

@@ -31,12 +31,22 @@
 //               its owner only, and under deferred accounting so do the folio counts and RSS
 //   deferred    queued folios are large anon folios, marked partly mapped or new PMD THPs; every
 //               partly mapped large anon folio is marked and queued
+//   swap        a swap entry is well formed, in a private anon VMA with an anon_vma, never in a
+//               shared PTE table, and names a slot in use; MM_SWAPENTS equals the swap entries of
+//               each mm; each slot's count equals the swap entries naming it across all mms, an
+//               exclusive entry's slot has no other and no mapped cached folio; `inuse` counts the
+//               slots referenced or cached, and a free slot holds no content; the swap cache and
+//               folio->swap agree both ways; a cached folio is an order-0 anon swap-backed folio
+//               with PG_swapcache and one reference for the cache (in the folio refcounts above),
+//               not AnonExclusive while swap entries name its slot, and, while clean and mapped by
+//               no dirty PTE, holds exactly its slot's content; after the last exit no slot is used
 
 import { FOLL_PIN } from "../mm/gup.ts";
 import type { Kernel } from "../mm/kernel.ts";
-import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, type Mm } from "../mm/mm.ts";
+import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, type Mm } from "../mm/mm.ts";
 import {
   _PAGE_ACCESSED,
+  _PAGE_DIRTY,
   _PAGE_NX_HI,
   _PAGE_PRESENT,
   _PAGE_PROTNONE,
@@ -45,10 +55,12 @@ import {
   _PAGE_SPECIAL,
   _PAGE_USER,
   HPAGE_PMD_NR,
+  LO_FLAGS,
   type PageTable,
   PGDIR_SIZE,
 } from "../mm/pgtable.ts";
 import { GUP_PIN_COUNTING_BIAS, rmapWalk } from "../mm/rmap.ts";
+import { _PAGE_SWP_EXCLUSIVE, _PAGE_SWP_SOFT_DIRTY, pteSwpExclusive, swapPteSlot } from "../mm/swap.ts";
 import type { AnonVma, Vma } from "../mm/vma.ts";
 import { VM_ACCESS_FLAGS, VM_EXEC, VM_MAYWRITE, VM_SHARED, VM_WRITE } from "../mm/vma.ts";
 import {
@@ -56,11 +68,14 @@ import {
   PG_anon,
   PG_anon_exclusive,
   PG_buddy,
+  PG_dirty,
   PG_head,
   PG_mm_ids_shared,
   PG_partially_mapped,
   PG_reserved,
   PG_shmem,
+  PG_swapbacked,
+  PG_swapcache,
   PG_table,
   PG_tail,
 } from "../phys/memmap.ts";
@@ -91,6 +106,12 @@ class Expect {
   readonly sharedSeen = new Map<PageTable, Mm[]>();
   /** pfns mapped through a shared PTE table. */
   readonly underShared = new Set<number>();
+  /** swap slot -> swap entries naming it. */
+  readonly swapRefs = new Map<number, number>();
+  /** swap slots named by an exclusive swap entry. */
+  readonly swapExclusive = new Set<number>();
+  /** swap-cache folios mapped by a dirty PTE (their content may differ from their slot's). */
+  readonly dirtyMapped = new Set<number>();
 }
 
 /** The generation and checksum of each shared table when the audit last saw it. */
@@ -136,12 +157,15 @@ export function audit(k: Kernel): void {
   for (const id of shmemUse.keys())
     if (!m.shmemObjects.has(id)) fail(`VMA refers to freed shmem object ${id}`);
   auditFrames(k, ex);
+  auditSwap(k, ex);
   auditDeferredSplit(k, ex);
   auditPins(k, ex);
   if (k.pids().length === 0) {
     if (m.shmemObjects.size !== 0) fail(`${m.shmemObjects.size} shmem objects left after the last exit`);
     if (m.anonVmas.size !== 0) fail(`${m.anonVmas.size} anon_vmas left after the last exit`);
     if (m.gupRefs.size !== 0) fail(`${m.gupRefs.size} pins or pipes left after the last exit`);
+    if (m.swap.inuse !== 0 || m.swap.cache.size !== 0)
+      fail(`${m.swap.inuse} swap slots and ${m.swap.cache.size} swap-cache folios left after the last exit`);
     for (let o = 0; o < m.buddy.nrFree.length; o++) {
       if (m.buddy.nrFree[o] !== m.buddy.bootNrFree[o]) {
         fail(`after the last exit nr_free[${o}] = ${m.buddy.nrFree[o]}, at boot ${m.buddy.bootNrFree[o]}`);
@@ -177,7 +201,7 @@ function auditVmas(mm: Mm, anonVmaUse: Map<AnonVma, number>, shmemUse: Map<numbe
 
 function auditTables(k: Kernel, mm: Mm, ex: Expect): void {
   const m = k.machine;
-  const rss = [0, 0, 0];
+  const rss = [0, 0, 0, 0];
   let tables = 0;
   const seeTable = (t: PageTable, what: string) => {
     if (t.cow !== null) {
@@ -236,8 +260,8 @@ function auditTables(k: Kernel, mm: Mm, ex: Expect): void {
       `pid ${mm.pid}: VmPTE is ${mm.pgtablesBytes / 1024} kB but ${tables} tables (${tables * 4} kB) exist`,
     );
   }
-  const names = ["MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES"];
-  for (const c of [MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES]) {
+  const names = ["MM_FILEPAGES", "MM_ANONPAGES", "MM_SHMEMPAGES", "MM_SWAPENTS"];
+  for (const c of [MM_FILEPAGES, MM_ANONPAGES, MM_SHMEMPAGES, MM_SWAPENTS]) {
     if (rss[c] !== mm.rss[c]) fail(`pid ${mm.pid}: ${names[c]} is ${mm.rss[c]}, page tables map ${rss[c]}`);
   }
 }
@@ -426,8 +450,10 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
     const lo = pte.lo(j);
     if (lo === 0 && pte.hi(j) === 0) continue;
     const addr = base + j * 4096;
-    if (!(lo & (_PAGE_PRESENT | _PAGE_PROTNONE)))
-      fail(`pid ${mm.pid}: PTE at ${hex(addr)} is neither none nor mapped`);
+    if (!(lo & (_PAGE_PRESENT | _PAGE_PROTNONE))) {
+      auditSwapPte(k, mm, pte, j, addr, ex, rss);
+      continue;
+    }
     const vma = vmaFor(mm, addr, lo, pte.hi(j));
     const pfn = pte.pfnAt(j);
     if (lo & _PAGE_SPECIAL) {
@@ -453,6 +479,7 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
       if (lo & _PAGE_RW && !m.memmap.test(pfn, PG_anon_exclusive)) {
         fail(`pid ${mm.pid}: writable PTE at ${hex(addr)} maps pfn ${pfn}, which is not AnonExclusive`);
       }
+      if (lo & _PAGE_DIRTY && m.memmap.test(head, PG_swapcache)) ex.dirtyMapped.add(head);
     } else {
       // Non-null: a non-anonymous VMA always has its shmem object.
       const index = vma.pgoff + (addr - vma.start) / 4096;
@@ -462,6 +489,73 @@ function auditPteTable(k: Kernel, mm: Mm, pte: PageTable, base: number, ex: Expe
     ex.pteMaps.set(pfn, (ex.pteMaps.get(pfn) ?? 0) + 1);
     if (m.memmap.order(head) > 0) addMmMap(ex, head, mm.pid);
     rss[anon ? MM_ANONPAGES : MM_SHMEMPAGES]++;
+  }
+}
+
+/** A swap entry of mm at addr (pte[j]): its form, its place, its slot; counted in ex and rss. */
+function auditSwapPte(
+  k: Kernel,
+  mm: Mm,
+  pte: PageTable,
+  j: number,
+  addr: number,
+  ex: Expect,
+  rss: number[],
+): void {
+  const swap = k.machine.swap;
+  const lo = pte.lo(j);
+  if (lo & LO_FLAGS & ~(_PAGE_SWP_EXCLUSIVE | _PAGE_SWP_SOFT_DIRTY))
+    fail(`pid ${mm.pid}: PTE at ${hex(addr)} is neither none, mapped nor a swap entry (${hex(lo)})`);
+  if (pte.cow !== null) fail(`pid ${mm.pid}: swap entry at ${hex(addr)} in a shared PTE table`);
+  const vma = mm.vmaLookup(addr);
+  if (vma === undefined) fail(`pid ${mm.pid}: swap entry at ${hex(addr)} lies outside every VMA`);
+  if (!vma.isAnonymous() || vma.anonVma === null)
+    fail(`pid ${mm.pid}: swap entry at ${hex(addr)} in a VMA that is not private anon with an anon_vma`);
+  const slot = swapPteSlot(lo, pte.hi(j));
+  if (slot < 0 || slot >= swap.nrSlots)
+    fail(`pid ${mm.pid}: swap entry at ${hex(addr)} names slot ${slot}, beyond the device`);
+  ex.swapRefs.set(slot, (ex.swapRefs.get(slot) ?? 0) + 1);
+  if (pteSwpExclusive(lo)) ex.swapExclusive.add(slot);
+  rss[MM_SWAPENTS]++;
+}
+
+/** The swap device and the swap cache against the swap entries and folios found. */
+function auditSwap(k: Kernel, ex: Expect): void {
+  const m = k.machine;
+  const swap = m.swap;
+  const mem = m.memmap;
+  let inuse = 0;
+  for (let s = 0; s < swap.nrSlots; s++) {
+    const refs = ex.swapRefs.get(s) ?? 0;
+    if (swap.count[s] !== refs)
+      fail(`swap slot ${s} counts ${swap.count[s]} swap entries, the page tables hold ${refs}`);
+    if (refs > 0 || swap.cache.has(s)) inuse++;
+    else if (swap.tag[s] !== 0) fail(`free swap slot ${s} still holds content ${swap.tag[s]}`);
+  }
+  if (swap.inuse !== inuse) fail(`swap inuse is ${swap.inuse}, ${inuse} slots are referenced or cached`);
+  for (const s of ex.swapExclusive) {
+    if (swap.count[s] !== 1)
+      fail(`an exclusive swap entry names slot ${s}, which ${swap.count[s]} entries name`);
+    const pfn = swap.cache.get(s);
+    if (pfn !== undefined && mem.mapcount(pfn) !== 0)
+      fail(`an exclusive swap entry names slot ${s}, whose cached folio ${pfn} is still mapped`);
+  }
+  if (swap.slotOf.size !== swap.cache.size)
+    fail(`the swap cache holds ${swap.cache.size} slots but ${swap.slotOf.size} folios`);
+  for (const [s, pfn] of swap.cache) {
+    if (swap.slotOf.get(pfn) !== s)
+      fail(`swap cache slot ${s} holds folio ${pfn}, whose folio->swap is ${swap.slotOf.get(pfn)}`);
+    if (!mem.isOnline(pfn) || mem.ref(pfn) <= 0 || !mem.test(pfn, PG_swapcache))
+      fail(`swap cache slot ${s} holds pfn ${pfn}, not an allocated PG_swapcache folio`);
+    if (mem.order(pfn) !== 0 || !mem.test(pfn, PG_anon) || !mem.test(pfn, PG_swapbacked))
+      fail(`swap cache folio ${pfn} is not an order-0 anon swap-backed folio`);
+    if (swap.count[s] > 0 && mem.test(pfn, PG_anon_exclusive))
+      fail(`swap cache folio ${pfn} is AnonExclusive while swap entries name its slot ${s}`);
+    if (!mem.test(pfn, PG_dirty) && !ex.dirtyMapped.has(pfn) && mem.tag(pfn) !== swap.tag[s]) {
+      fail(
+        `clean swap cache folio ${pfn} holds ${mem.tag(pfn)}, its slot ${s} ${swap.tag[s]} (a write was lost or never written)`,
+      );
+    }
   }
 }
 
@@ -555,8 +649,10 @@ function auditFolio(k: Kernel, head: number, ex: Expect, shmemPages: Set<number>
       fail(`folio ${head} large mapcount ${mm.largeMapcount(head)}, found ${pteTotal + pmdMaps}`);
     }
   }
-  const cache = f & PG_shmem ? 1 : 0;
-  if (cache === 1 && !shmemPages.has(head)) fail(`shmem folio ${head} is in no page cache`);
+  if (f & PG_shmem && !shmemPages.has(head)) fail(`shmem folio ${head} is in no page cache`);
+  if (f & PG_swapcache && k.machine.swap.slotOf.get(head) === undefined)
+    fail(`folio ${head} has PG_swapcache but no swap cache slot`);
+  const cache = (f & PG_shmem ? 1 : 0) + (f & PG_swapcache ? 1 : 0);
   const gup = ex.gupRef.get(head) ?? 0;
   const want = pteTotal + pmdMaps + cache + gup;
   if (mm.ref(head) !== want)
