@@ -2,11 +2,19 @@
 //
 //   microbench WORKLOAD SIZE_MIB REPS [OPTIONS]
 //
-//   WORKLOAD   fork | munmap | anon_fault | cow_fault | dontneed
+//   WORKLOAD   fork | munmap | anon_fault | cow_fault | dontneed | madv_free | madv_free_split
 //   SIZE_MIB   size of the private anonymous mapping, MiB (0 is allowed for fork: the fixed cost)
 //   REPS       repetitions; each one maps, populates and unmaps a fresh 2 MiB-aligned range
 //   OPTIONS    comma-separated: "hugepage" (MADV_HUGEPAGE on the range),
-//              "pte-mapped" (populate, then split every PMD mapping before timing)
+//              "pte-mapped" (populate, then split every PMD mapping before timing),
+//              "folio=KIB" (madv_free_split: the chunk, one madvise per KIB KiB; default 4)
+//
+// madv_free times one madvise(MADV_FREE) of the whole populated range. madv_free_split times
+// MADV_FREE of the first 4 KiB page of every folio-sized chunk, one call per chunk: on Linux 6.18
+// a large folio only partly covered is split at once (madvise_free_pte_range -> split_folio; a
+// PMD THP in madvise_free_huge_pmd -> split_folio). Both record the system-wide split counters
+// over the timed step (thp_split_page counts PMD-order folios only; the per-size mTHP `split`
+// stat counts every order), so a sample shows whether the splits happened.
 //
 // Prints one JSON object per repetition on stdout. Times are CLOCK_MONOTONIC ns of the timed
 // section only; everything else (populate, layout checks, waitpid) is outside it. The folio size
@@ -40,11 +48,21 @@
 #define KPF_COMPOUND_TAIL 16
 #define KPF_THP 22
 
-enum workload { W_FORK, W_MUNMAP, W_ANON_FAULT, W_COW_FAULT, W_DONTNEED };
-static const char *const workload_names[] = { "fork", "munmap", "anon_fault", "cow_fault", "dontneed" };
+enum workload {
+	W_FORK,
+	W_MUNMAP,
+	W_ANON_FAULT,
+	W_COW_FAULT,
+	W_DONTNEED,
+	W_MADV_FREE,
+	W_MADV_FREE_SPLIT,
+};
+static const char *const workload_names[] = { "fork",     "munmap",    "anon_fault",     "cow_fault",
+					      "dontneed", "madv_free", "madv_free_split" };
 
 static int opt_hugepage;
 static int opt_pte_mapped;
+static long opt_folio_kib = 4;
 
 static void die(const char *what)
 {
@@ -56,7 +74,8 @@ static void usage(const char *why)
 {
 	fprintf(stderr,
 		"microbench: %s\n"
-		"usage: microbench fork|munmap|anon_fault|cow_fault|dontneed SIZE_MIB REPS [hugepage,pte-mapped]\n",
+		"usage: microbench fork|munmap|anon_fault|cow_fault|dontneed|madv_free|madv_free_split SIZE_MIB REPS\n"
+		"                  [hugepage,pte-mapped,folio=KIB]\n",
 		why);
 	exit(2);
 }
@@ -117,12 +136,17 @@ static long split_pmd_count(void)
 	return read_keyed("/proc/vmstat", "thp_split_pmd");
 }
 
-/* Per-size mTHP anon_fault_alloc counters (system-wide), where the kernel has them. */
+/* Successful splits of PMD-order folios (vmstat counts no other order here). */
+static long split_page_count(void)
+{
+	return read_keyed("/proc/vmstat", "thp_split_page");
+}
+
+/* Per-size mTHP stats (system-wide) of the sizes that have anon_fault_alloc, i.e. anon sizes. */
 struct mthp_stats {
 	int n;
 	char name[MAX_MTHP][32]; /* "2048kB" */
-	char path[MAX_MTHP][160];
-	long alloc[MAX_MTHP];
+	char dir[MAX_MTHP][160]; /* ".../hugepages-2048kB/stats/" */
 };
 
 static void mthp_stats_init(struct mthp_stats *s)
@@ -139,16 +163,22 @@ static void mthp_stats_init(struct mthp_stats *s)
 		if (!p || !end || (size_t)(end - p - 10) >= sizeof(s->name[0]))
 			continue;
 		snprintf(s->name[s->n], sizeof(s->name[0]), "%.*s", (int)(end - p - 10), p + 10);
-		snprintf(s->path[s->n], sizeof(s->path[0]), "%s", g.gl_pathv[i]);
+		snprintf(s->dir[s->n], sizeof(s->dir[0]), "%.*s",
+			 (int)(strrchr(g.gl_pathv[i], '/') + 1 - g.gl_pathv[i]), g.gl_pathv[i]);
 		s->n++;
 	}
 	globfree(&g);
 }
 
-static void mthp_stats_read(struct mthp_stats *s, long *out)
+/* One stat ("anon_fault_alloc", "split") of every size; -1 where unreadable. */
+static void mthp_stats_read(struct mthp_stats *s, const char *stat, long *out)
 {
 	for (int i = 0; i < s->n; i++) {
-		FILE *f = fopen(s->path[i], "r");
+		char path[200];
+		FILE *f;
+
+		snprintf(path, sizeof(path), "%s%s", s->dir[i], stat);
+		f = fopen(path, "r");
 
 		out[i] = -1;
 		if (f) {
@@ -283,6 +313,12 @@ struct sample {
 	long split_pmd;      /* thp_split_pmd delta of the pte-mapped step */
 	struct layout lo;
 	long alloc_before[MAX_MTHP], alloc_after[MAX_MTHP];
+	/* madv_free workloads: split counters over the timed step, and the madvise calls in it */
+	int has_splits;
+	long timed_split_pmd, split_page;
+	long split_before[MAX_MTHP], split_after[MAX_MTHP];
+	long failed_before[MAX_MTHP], failed_after[MAX_MTHP];
+	long calls;
 };
 
 static struct mthp_stats mthp;
@@ -293,9 +329,9 @@ static char *prepare(size_t size, struct sample *s)
 	char *p = map_aligned(size);
 	long split0;
 
-	mthp_stats_read(&mthp, s->alloc_before);
+	mthp_stats_read(&mthp, "anon_fault_alloc", s->alloc_before);
 	touch(p, size);
-	mthp_stats_read(&mthp, s->alloc_after);
+	mthp_stats_read(&mthp, "anon_fault_alloc", s->alloc_after);
 	split0 = split_pmd_count();
 	if (opt_pte_mapped)
 		split_pmd_mappings(p, size);
@@ -347,6 +383,43 @@ static void run_dontneed(size_t size, struct sample *s)
 		die("munmap");
 }
 
+/*
+ * MADV_FREE of the populated range: one call over all of it (madv_free), or one call on the first
+ * page of every opt_folio_kib chunk (madv_free_split), with the split counters read around it.
+ */
+static void run_madv_free(size_t size, int split, struct sample *s)
+{
+	char *p = prepare(size, s);
+	size_t step = (size_t)opt_folio_kib << 10;
+	long pmd0, page0;
+	uint64_t t0, t1;
+
+	s->has_splits = 1;
+	mthp_stats_read(&mthp, "split", s->split_before);
+	mthp_stats_read(&mthp, "split_failed", s->failed_before);
+	pmd0 = split_pmd_count();
+	page0 = split_page_count();
+	t0 = now_ns();
+	if (!split) {
+		if (madvise(p, size, MADV_FREE))
+			die("madvise(MADV_FREE)");
+		s->calls = 1;
+	} else {
+		for (size_t off = 0; off < size; off += step)
+			if (madvise(p + off, PAGE_SIZE, MADV_FREE))
+				die("madvise(MADV_FREE) of one page");
+		s->calls = (long)(size / step);
+	}
+	t1 = now_ns();
+	s->timed_split_pmd = split_pmd_count() - pmd0;
+	s->split_page = split_page_count() - page0;
+	mthp_stats_read(&mthp, "split", s->split_after);
+	mthp_stats_read(&mthp, "split_failed", s->failed_after);
+	s->ns = t1 - t0;
+	if (munmap(p, size))
+		die("munmap");
+}
+
 static void run_anon_fault(size_t size, struct sample *s)
 {
 	char *p = map_aligned(size);
@@ -354,13 +427,13 @@ static void run_anon_fault(size_t size, struct sample *s)
 	uint64_t t0, t1;
 
 	s->split_pmd = 0;
-	mthp_stats_read(&mthp, s->alloc_before);
+	mthp_stats_read(&mthp, "anon_fault_alloc", s->alloc_before);
 	f0 = read_minflt();
 	t0 = now_ns();
 	touch(p, size);
 	t1 = now_ns();
 	f1 = read_minflt();
-	mthp_stats_read(&mthp, s->alloc_after);
+	mthp_stats_read(&mthp, "anon_fault_alloc", s->alloc_after);
 	s->ns = t1 - t0;
 	s->faults = f0 >= 0 && f1 >= 0 ? f1 - f0 : -1;
 	s->anon_huge_kib = anon_huge_kib();
@@ -414,6 +487,19 @@ static void run_cow_fault(size_t size, struct sample *s)
 		die("munmap");
 }
 
+/* ,"KEY":{"16kB":N,...}: after - before of each mTHP size where both were read. */
+static void print_deltas(const char *key, const long *before, const long *after)
+{
+	printf(",\"%s\":{", key);
+	for (int i = 0, first = 1; i < mthp.n; i++) {
+		if (before[i] < 0 || after[i] < 0)
+			continue;
+		printf("%s\"%s\":%ld", first ? "" : ",", mthp.name[i], after[i] - before[i]);
+		first = 0;
+	}
+	printf("}");
+}
+
 static void print_sample(enum workload w, long size_mib, int rep, const struct sample *s)
 {
 	long pages = size_mib * (long)(1UL << 20) / (long)PAGE_SIZE;
@@ -453,7 +539,16 @@ static void print_sample(enum workload w, long size_mib, int rep, const struct s
 		printf("%s\"%s\":%ld", first ? "" : ",", mthp.name[i], s->alloc_after[i] - s->alloc_before[i]);
 		first = 0;
 	}
-	printf("}}\n");
+	printf("}");
+	if (s->has_splits) {
+		printf(",\"madviseCalls\":%ld,\"nsPerCall\":%.2f", s->calls, (double)s->ns / (double)s->calls);
+		if (w == W_MADV_FREE_SPLIT)
+			printf(",\"chunkKiB\":%ld", opt_folio_kib);
+		printf(",\"timedSplitPmdDelta\":%ld,\"splitPageDelta\":%ld", s->timed_split_pmd, s->split_page);
+		print_deltas("mthpSplitDelta", s->split_before, s->split_after);
+		print_deltas("mthpSplitFailedDelta", s->failed_before, s->failed_after);
+	}
+	printf("}\n");
 	fflush(stdout);
 }
 
@@ -500,8 +595,10 @@ int main(int argc, char **argv)
 				opt_hugepage = 1;
 			else if (strcmp(tok, "pte-mapped") == 0)
 				opt_pte_mapped = 1;
+			else if (strncmp(tok, "folio=", 6) == 0)
+				opt_folio_kib = parse_long(tok + 6, "folio=KIB", 4, 2048);
 			else
-				usage("unknown option (expected hugepage, pte-mapped)");
+				usage("unknown option (expected hugepage, pte-mapped, folio=KIB)");
 		}
 		free(opts);
 	}
@@ -509,6 +606,10 @@ int main(int argc, char **argv)
 		usage("anon_fault has no pte-mapped mode: the first touch decides the mapping");
 	if (size_mib % 2 && opt_pte_mapped)
 		usage("pte-mapped needs SIZE_MIB to be a multiple of 2");
+	if (opt_folio_kib & (opt_folio_kib - 1))
+		usage("folio=KIB must be a power of two");
+	if (((size_t)size_mib << 10) % (size_t)opt_folio_kib)
+		usage("SIZE_MIB must be a multiple of the folio=KIB chunk");
 	size = (size_t)size_mib << 20;
 
 	pagemap_fd = open("/proc/self/pagemap", O_RDONLY);
@@ -526,6 +627,8 @@ int main(int argc, char **argv)
 		case W_ANON_FAULT: run_anon_fault(size, &s); break;
 		case W_COW_FAULT: run_cow_fault(size, &s); break;
 		case W_DONTNEED: run_dontneed(size, &s); break;
+		case W_MADV_FREE: run_madv_free(size, 0, &s); break;
+		case W_MADV_FREE_SPLIT: run_madv_free(size, 1, &s); break;
 		}
 		print_sample(w, size_mib, rep, &s);
 	}

@@ -28,8 +28,9 @@ import { FIXED_FROM_PRIOR, PRIOR_WEIGHT, priorNs } from "./prior.ts";
 /**
  * The default measurement, about 100 s on a 2-vCPU guest: the small sizes pin the fixed costs,
  * the large ones the per-page costs. --quick's is a smoke run of seconds; its profile is rough.
- * The folio modes are a subset of what live.ts measures: the other mTHP sizes add time and no
- * event the fit lacks (pass `folios` to measure them).
+ * The folio modes and workloads are a subset of what live.ts measures: the other mTHP sizes add
+ * time and no event the fit lacks, and the madv_free workloads are for `vmlab bench madvise`
+ * until vmlab models MADV_FREE (pass `folios` / `workloads` to measure them).
  */
 export const CALIBRATE_DEFAULTS = {
   sizesMiB: [2, 16, 64, 256],

@@ -24,7 +24,19 @@ import {
   withKnobs,
 } from "./knobs.ts";
 
-export const LIVE_WORKLOADS = ["fork", "munmap", "anon_fault", "cow_fault", "dontneed"] as const;
+/**
+ * madv_free: one madvise(MADV_FREE) of the whole populated range. madv_free_split: MADV_FREE of
+ * the first page of every folio, one call per folio, which splits each large folio at once.
+ */
+export const LIVE_WORKLOADS = [
+  "fork",
+  "munmap",
+  "anon_fault",
+  "cow_fault",
+  "dontneed",
+  "madv_free",
+  "madv_free_split",
+] as const;
 export type LiveWorkload = (typeof LIVE_WORKLOADS)[number];
 
 /** Every anonymous folio size of x86-64 (4 KiB pages, orders 0 and 2..9) and PTE-mapped THPs. */
@@ -85,6 +97,21 @@ export const LiveSampleSchema = z.strictObject({
   absentPages: z.number().int().nullable(),
   /** anon_fault_alloc delta per mTHP size over the populate step; system-wide, so an upper bound. */
   mthpAllocDelta: z.record(z.string(), z.number().int()),
+  // The madv_free workloads only (absent in the others):
+  /** madvise calls in the timed step: 1 for madv_free, one per chunk for madv_free_split. */
+  madviseCalls: z.number().int().positive().optional(),
+  /** ns per madvise call; for madv_free_split, ns per folio (one call splits one folio). */
+  nsPerCall: z.number().nonnegative().optional(),
+  /** madv_free_split: the chunk, KiB (the folio size asked for). */
+  chunkKiB: z.number().int().positive().optional(),
+  /** thp_split_pmd delta over the timed step (system-wide). */
+  timedSplitPmdDelta: z.number().int().optional(),
+  /** thp_split_page delta over the timed step: PMD-order folios split (system-wide). */
+  splitPageDelta: z.number().int().optional(),
+  /** The mTHP `split` stat's delta per size over the timed step (every order; system-wide). */
+  mthpSplitDelta: z.record(z.string(), z.number().int()).optional(),
+  /** The mTHP `split_failed` stat's delta per size over the timed step (system-wide). */
+  mthpSplitFailedDelta: z.record(z.string(), z.number().int()).optional(),
 });
 export type LiveSample = z.infer<typeof LiveSampleSchema>;
 
@@ -95,6 +122,8 @@ export interface LiveMedian {
   nsPerPage: number | null;
   nsPerFault: number | null;
   faults: number | null;
+  /** The madv_free workloads' ns per madvise call (per folio for madv_free_split). */
+  nsPerCall: number | null;
 }
 
 export interface LiveResult {
@@ -238,6 +267,7 @@ const medianOf = (samples: readonly LiveSample[]): LiveMedian => ({
   nsPerPage: median(samples.map((s) => s.nsPerPage)),
   nsPerFault: median(samples.map((s) => s.nsPerFault)),
   faults: median(samples.map((s) => s.faults)),
+  nsPerCall: median(samples.map((s) => s.nsPerCall ?? null)),
 });
 
 /**
@@ -376,11 +406,13 @@ export async function measureLive(opts: MeasureLiveOptions): Promise<LiveResult[
           });
           continue;
         }
+        // madv_free_split advises the first page of every chunk of the folio size.
+        const wflags = workload === "madv_free_split" ? [...flags, `folio=${FOLIO_KIB[opts.folio]}`] : flags;
         const args = [
           workload,
           String(opts.sizeMiB),
           String(opts.reps),
-          ...(flags.length ? [flags.join(",")] : []),
+          ...(wflags.length ? [wflags.join(",")] : []),
         ];
         const run = await runMicrobench(bin, args, opts.timeoutMs ?? 600_000);
         await yieldToSignals();

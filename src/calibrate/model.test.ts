@@ -1,4 +1,6 @@
-import { describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { Kernel } from "../mm/kernel.ts";
+import { MADV_FREE, PAGE_SIZE } from "../uapi.ts";
 import { LIVE_FOLIOS } from "./live.ts";
 import { bootForFolio, FOLIO_ORDER, modelWorkload } from "./model.ts";
 
@@ -89,5 +91,55 @@ describe("calibration workloads in vmlab", () => {
       // prepare checks the per-size alloc counter; munmap frees one folio per folio.
       expect(counts("munmap", folio, 2).folio_free).toBe(512 >> order);
     }
+  });
+});
+
+describe("MADV_FREE workloads in vmlab", () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  it("are unsupported while madvise has no MADV_FREE, and counted once it has", () => {
+    for (const workload of ["madv_free", "madv_free_split"] as const) {
+      const r = modelWorkload(workload, "16k", 2);
+      if ("unsupported" in r) expect(r.unsupported).toBe("vmlab does not model MADV_FREE yet");
+      else expect(r.counts.syscall).toBe(workload === "madv_free" ? 1 : 128);
+    }
+  });
+
+  it("advise the whole range once, or the first page of every folio, as microbench does", () => {
+    const calls: [number, number, number][] = [];
+    const real = Kernel.prototype.madvise;
+    vi.spyOn(Kernel.prototype, "madvise").mockImplementation(function (this: Kernel, pid, addr, len, advice) {
+      if (advice !== MADV_FREE) return real.call(this, pid, addr, len, advice);
+      calls.push([addr, len, advice]);
+      return 0;
+    });
+    expect(modelWorkload("madv_free", "64k", 2)).toHaveProperty("counts");
+    expect(calls).toHaveLength(1);
+    expect(calls[0][1]).toBe(2 << 20);
+    expect(calls[0][0] % (2 << 20)).toBe(0);
+    for (const [folio, n] of [
+      ["4k", 512],
+      ["16k", 128],
+      ["1m", 2],
+      ["pmd", 1],
+    ] as const) {
+      calls.length = 0;
+      expect(modelWorkload("madv_free_split", folio, 2)).toHaveProperty("counts");
+      expect(calls).toHaveLength(n);
+      const stride = PAGE_SIZE << (FOLIO_ORDER[folio] ?? 0);
+      expect(calls.every(([addr, len], i) => len === PAGE_SIZE && addr === calls[0][0] + i * stride)).toBe(
+        true,
+      );
+    }
+  });
+
+  it("stop at the first error: -EINVAL is unsupported, anything else a bug", () => {
+    const spy = vi.spyOn(Kernel.prototype, "madvise").mockReturnValue(-22);
+    expect(modelWorkload("madv_free_split", "16k", 2)).toEqual({
+      unsupported: "vmlab does not model MADV_FREE yet",
+    });
+    expect(spy).toHaveBeenCalledTimes(1);
+    spy.mockReturnValue(-12);
+    expect(() => modelWorkload("madv_free", "16k", 2)).toThrow(/madvise\(MADV_FREE\) returned -12/);
   });
 });

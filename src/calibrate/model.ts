@@ -15,6 +15,7 @@ import {
   EINVAL,
   isErr,
   MADV_DONTNEED,
+  MADV_FREE,
   MAP_ANONYMOUS,
   MAP_PRIVATE,
   PAGE_SIZE,
@@ -122,10 +123,12 @@ export function prepare(k: Kernel, pid: number, size: number, folio: LiveFolio):
  * Runs one microbench workload in vmlab and returns the event counts of its timed section:
  * fork: the fork call (the child's exit is not timed); munmap: the munmap of the populated range;
  * anon_fault: the populating writes; cow_fault: the child's write to every page after fork;
- * dontneed: madvise(MADV_DONTNEED) of the populated range. Returns `unsupported` when vmlab does
- * not model the workload (anon_fault of pte-mapped-thp, as live; MADV_DONTNEED until madvise has
- * it). sizeMiB 0 is only for fork (its fixed cost); pmd modes need an even size. Throws
- * "modelWorkload: ..." when the model does not reach the asked layout.
+ * dontneed: madvise(MADV_DONTNEED) of the populated range; madv_free: madvise(MADV_FREE) of the
+ * populated range; madv_free_split: madvise(MADV_FREE) of the first page of every folio, one call
+ * per folio. Returns `unsupported` when vmlab does not model the workload (anon_fault of
+ * pte-mapped-thp, as live; MADV_DONTNEED or MADV_FREE while madvise returns -EINVAL for it).
+ * sizeMiB 0 is only for fork (its fixed cost); pmd modes need an even size.
+ * Throws "modelWorkload: ..." when the model does not reach the asked layout.
  */
 export function modelWorkload(workload: LiveWorkload, folio: LiveFolio, sizeMiB: number): ModelResult {
   if (!Number.isInteger(sizeMiB) || sizeMiB < (workload === "fork" ? 0 : 1))
@@ -177,6 +180,20 @@ export function modelWorkload(workload: LiveWorkload, folio: LiveFolio, sizeMiB:
       });
       if (ret === -EINVAL) return { unsupported: "not modelled: vmlab's madvise has no MADV_DONTNEED yet" };
       if (ret !== 0) bug(`madvise(MADV_DONTNEED) returned ${ret}`);
+      return { counts };
+    }
+    case "madv_free":
+    case "madv_free_split": {
+      const p = prepare(k, pid, size, folio);
+      // One call over the range, or one per folio on its first page (live: folio=KIB chunks).
+      const step = workload === "madv_free" ? size : PAGE_SIZE << (FOLIO_ORDER[folio] ?? 0);
+      const len = workload === "madv_free" ? size : PAGE_SIZE;
+      let ret = 0;
+      const counts = measure(k, () => {
+        for (let off = 0; off < size && ret === 0; off += step) ret = k.madvise(pid, p + off, len, MADV_FREE);
+      });
+      if (ret === -EINVAL) return { unsupported: "vmlab does not model MADV_FREE yet" };
+      if (ret !== 0) bug(`madvise(MADV_FREE) returned ${ret}`);
       return { counts };
     }
   }
