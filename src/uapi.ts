@@ -54,6 +54,7 @@ export const EAGAIN = 11;
 export const ENOMEM = 12;
 export const EACCES = 13;
 export const EFAULT = 14;
+export const EBUSY = 16;
 export const EEXIST = 17;
 export const EINVAL = 22;
 export const EOVERFLOW = 75;
@@ -65,6 +66,7 @@ export const ERRNO_NAMES: Readonly<Record<number, string>> = {
   [ENOMEM]: "ENOMEM",
   [EACCES]: "EACCES",
   [EFAULT]: "EFAULT",
+  [EBUSY]: "EBUSY",
   [EEXIST]: "EEXIST",
   [EINVAL]: "EINVAL",
   [EOVERFLOW]: "EOVERFLOW",

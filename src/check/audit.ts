@@ -40,9 +40,14 @@
 //               with PG_swapcache and one reference for the cache (in the folio refcounts above),
 //               not AnonExclusive while swap entries name its slot, and, while clean and mapped by
 //               no dirty PTE, holds exactly its slot's content; after the last exit no slot is used
+//   LRU         each list is a well-linked chain of allocated PG_lru folio heads whose flags name
+//               that list, with its page and folio counts; every anon and shmem folio is on one;
+//               a lazyfree anon folio (not swap-backed) is neither dirty nor in the swap cache;
+//               nr_anon_partially_mapped per size equals the marked folios on the split queue
 
 import { FOLL_PIN } from "../mm/gup.ts";
 import type { Kernel } from "../mm/kernel.ts";
+import { folioLruList, LRU_NAMES, NR_LRU_LISTS } from "../mm/lru.ts";
 import { MM_ANONPAGES, MM_FILEPAGES, MM_SHMEMPAGES, MM_SWAPENTS, type Mm } from "../mm/mm.ts";
 import {
   _PAGE_ACCESSED,
@@ -63,6 +68,7 @@ import { GUP_PIN_COUNTING_BIAS, rmapWalk } from "../mm/rmap.ts";
 import { _PAGE_SWP_EXCLUSIVE, _PAGE_SWP_SOFT_DIRTY, pteSwpExclusive, swapPteSlot } from "../mm/swap.ts";
 import type { AnonVma, Vma } from "../mm/vma.ts";
 import { VM_ACCESS_FLAGS, VM_EXEC, VM_MAYWRITE, VM_SHARED, VM_WRITE } from "../mm/vma.ts";
+import { ANON_ORDERS } from "../mm/vmstat.ts";
 import {
   PAGES_PER_SECTION,
   PG_anon,
@@ -70,6 +76,7 @@ import {
   PG_buddy,
   PG_dirty,
   PG_head,
+  PG_lru,
   PG_mm_ids_shared,
   PG_partially_mapped,
   PG_reserved,
@@ -112,6 +119,8 @@ class Expect {
   readonly swapExclusive = new Set<number>();
   /** swap-cache folios mapped by a dirty PTE (their content may differ from their slot's). */
   readonly dirtyMapped = new Set<number>();
+  /** heads of the allocated folios with PG_lru, found while walking the frames. */
+  readonly onLru = new Set<number>();
 }
 
 /** The generation and checksum of each shared table when the audit last saw it. */
@@ -159,6 +168,7 @@ export function audit(k: Kernel): void {
   auditFrames(k, ex);
   auditSwap(k, ex);
   auditDeferredSplit(k, ex);
+  auditLru(k, ex);
   auditPins(k, ex);
   if (k.pids().length === 0) {
     if (m.shmemObjects.size !== 0) fail(`${m.shmemObjects.size} shmem objects left after the last exit`);
@@ -650,6 +660,10 @@ function auditFolio(k: Kernel, head: number, ex: Expect, shmemPages: Set<number>
     }
   }
   if (f & PG_shmem && !shmemPages.has(head)) fail(`shmem folio ${head} is in no page cache`);
+  if (f & PG_lru) ex.onLru.add(head);
+  else if (f & (PG_anon | PG_shmem)) fail(`folio ${head} is anon or shmem but on no LRU list`);
+  if (f & PG_anon && !(f & PG_swapbacked) && f & (PG_dirty | PG_swapcache))
+    fail(`lazyfree folio ${head} is ${f & PG_dirty ? "dirty" : "in the swap cache"}`);
   if (f & PG_swapcache && k.machine.swap.slotOf.get(head) === undefined)
     fail(`folio ${head} has PG_swapcache but no swap cache slot`);
   const cache = (f & PG_shmem ? 1 : 0) + (f & PG_swapcache ? 1 : 0);
@@ -729,5 +743,44 @@ function auditDeferredSplit(k: Kernel, ex: Expect): void {
     }
     if (mapped === nr && mm.test(head, PG_partially_mapped))
       fail(`fully mapped folio ${head} is marked partially mapped`);
+  }
+}
+
+/** The LRU lists against the PG_lru folios the frame walk found, and the partly-mapped gauge. */
+function auditLru(k: Kernel, ex: Expect): void {
+  const m = k.machine;
+  const mem = m.memmap;
+  const lru = m.lru;
+  const seen = new Set<number>();
+  for (let l = 0; l < NR_LRU_LISTS; l++) {
+    let pages = 0;
+    let folios = 0;
+    let newer = -1;
+    for (let p = lru.first[l]; p !== -1; p = lru.next(p)) {
+      if (seen.has(p)) fail(`folio ${p} is on the LRU lists twice (or a list loops)`);
+      seen.add(p);
+      if (!ex.onLru.has(p)) fail(`${LRU_NAMES[l]} holds ${p}, not an allocated PG_lru folio head`);
+      if (folioLruList(mem.flags(p)) !== l)
+        fail(`folio ${p} is on ${LRU_NAMES[l]}, its flags name ${LRU_NAMES[folioLruList(mem.flags(p))]}`);
+      if (lru.prev(p) !== newer)
+        fail(`folio ${p} on ${LRU_NAMES[l]}: its prev link is ${lru.prev(p)}, not ${newer}`);
+      newer = p;
+      pages += 1 << mem.order(p);
+      folios++;
+    }
+    if (lru.last[l] !== newer) fail(`${LRU_NAMES[l]}: last is ${lru.last[l]}, the chain ends at ${newer}`);
+    if (lru.nrPages[l] !== pages || lru.nrFolios[l] !== folios)
+      fail(
+        `${LRU_NAMES[l]} counts ${lru.nrPages[l]} pages in ${lru.nrFolios[l]} folios, holds ${pages} in ${folios}`,
+      );
+  }
+  for (const head of ex.onLru) if (!seen.has(head)) fail(`PG_lru folio ${head} is on no LRU list`);
+  for (const order of ANON_ORDERS) {
+    let marked = 0;
+    for (const head of m.deferredSplit)
+      if (mem.order(head) === order && mem.test(head, PG_partially_mapped)) marked++;
+    const gauge = m.stat.getOrder("nr_anon_partially_mapped", order);
+    if (gauge !== marked)
+      fail(`nr_anon_partially_mapped for order ${order} is ${gauge}, ${marked} queued folios are marked`);
   }
 }

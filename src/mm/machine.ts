@@ -2,9 +2,17 @@
 // queue, shmem objects), the THP policy and the event counters. One Machine per run.
 
 import { BuddyAllocator } from "../phys/buddy.ts";
-import { type MemMap, PG_reserved, PG_table, SECTION_SHIFT } from "../phys/memmap.ts";
+import {
+  type MemMap,
+  PG_lru,
+  PG_partially_mapped,
+  PG_reserved,
+  PG_table,
+  SECTION_SHIFT,
+} from "../phys/memmap.ts";
 import type { CowPteMode } from "./cow-pte.ts";
 import type { GupRefs } from "./gup.ts";
+import { LruVec, lruvecAddFolio, lruvecDelFolio } from "./lru.ts";
 import { HPAGE_PMD_ORDER, PageTable } from "./pgtable.ts";
 import type { ShmemObject } from "./shmem.ts";
 import { SwapInfo } from "./swap.ts";
@@ -58,6 +66,8 @@ export class Machine {
   readonly buddy: BuddyAllocator;
   readonly memmap: MemMap;
   readonly stat = new VmStat();
+  /** The LRU lists (lru.ts). */
+  readonly lru = new LruVec();
   /** The shared zero page (ZERO_PAGE(0)): reserved, outside the buddy allocator. */
   readonly zeroPfn: number;
   /** The huge zero folio (order 9), also reserved. */
@@ -137,7 +147,9 @@ export class Machine {
     if (left > 0) return;
     if (left < 0) throw new Error(`folioPut: pfn ${head} refcount went negative`);
     const order = mm.order(head);
-    if (order > 1) this.deferredSplit.delete(head); // folio_undo_large_rmappable
+    if (order > 1 && this.deferredSplit.delete(head) && mm.test(head, PG_partially_mapped))
+      this.stat.incOrder("nr_anon_partially_mapped", order, -1); // folio_undo_large_rmappable
+    if (mm.test(head, PG_lru)) lruvecDelFolio(this, head); // __folio_put: lruvec_del_folio
     mm.clearFolio(head, order);
     this.buddy.free(head, order);
     this.stat.inc(EV.folio_free);
@@ -147,12 +159,14 @@ export class Machine {
    * Allocates a folio of 2^order pages from the buddy allocator with PG_* `flags`, refcount 1,
    * its pages zeroed (content tag 0) unless `zero` is false. Returns the head pfn, or -1 when
    * no block of that order is free.
-   * Differs from Linux: PG_lru is set at once (no per-cpu LRU batches, no LRU lists yet).
+   * With PG_lru in `flags` the folio joins the head of its LRU list at once (folio_add_lru;
+   * no per-cpu batches).
    */
   allocFolio(order: number, flags: number, zero = true): number {
     const pfn = this.buddy.alloc(order);
     if (pfn < 0) return -1;
     this.memmap.prepFolio(pfn, order, flags);
+    if (flags & PG_lru) lruvecAddFolio(this, pfn);
     this.stat.inc(EV.folio_alloc);
     if (zero) {
       this.memmap.fillTag(pfn, 1 << order, 0);

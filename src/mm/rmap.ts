@@ -371,8 +371,8 @@ export function unlinkAnonVmas(m: Machine, vma: Vma): void {
  * marked PG_partially_mapped and counted (thp_deferred_split_page for PMD size, split_deferred
  * per size); a new PMD THP is queued unmarked, for the underused-THP shrinker
  * (split_underused_thp), as map_anon_folio_pmd does.
- * Differs from Linux: nothing splits queued folios yet (the shrinker comes with reclaim); a
- * queued folio leaves the queue when it is freed.
+ * The shrinker (split.ts deferredSplitScan) splits queued folios under memory pressure; a
+ * queued folio leaves the queue when it is freed or split.
  */
 export function deferredSplitFolio(m: Machine, head: number, order: number, partiallyMapped = true): void {
   if (partiallyMapped && !m.memmap.test(head, PG_partially_mapped)) {
@@ -380,6 +380,7 @@ export function deferredSplitFolio(m: Machine, head: number, order: number, part
     // thp_deferred_split_page counts PMD-sized folios only; split_deferred counts every size.
     if (order >= HPAGE_PMD_ORDER) m.stat.inc(EV.thp_deferred_split_page);
     m.stat.incOrder("split_deferred", order);
+    m.stat.incOrder("nr_anon_partially_mapped", order);
   }
   m.deferredSplit.add(head); // list_add_tail only when not queued yet: a Set keeps the first place
 }

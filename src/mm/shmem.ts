@@ -4,7 +4,7 @@
 // Differs from Linux: shmem folios are order 0 only (Linux's default shmem_enabled=never gives
 // the same), and there is no swap.
 
-import { PG_lru, PG_shmem, PG_swapbacked } from "../phys/memmap.ts";
+import { PG_lru, PG_shmem, PG_swapbacked, PG_unevictable } from "../phys/memmap.ts";
 import type { Machine } from "./machine.ts";
 
 export class ShmemObject {
@@ -26,7 +26,8 @@ export class ShmemObject {
 export function shmemGetFolio(m: Machine, obj: ShmemObject, index: number): number {
   const cached = obj.pages.get(index);
   if (cached !== undefined) return cached;
-  const pfn = m.allocFolio(0, PG_swapbacked | PG_shmem | PG_lru);
+  // Differs from Linux: shmem folios are unevictable here (vmlab has no shmem swap-out).
+  const pfn = m.allocFolio(0, PG_swapbacked | PG_shmem | PG_lru | PG_unevictable);
   if (pfn < 0) return -1;
   obj.pages.set(index, pfn);
   return pfn;
