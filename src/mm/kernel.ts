@@ -23,8 +23,10 @@ import { mmuTranslate, pteTableOf } from "./mmu.ts";
 import { sysMprotect } from "./mprotect.ts";
 import { sysMremap } from "./mremap.ts";
 import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, type PageTable } from "./pgtable.ts";
+import { deferredSplitScan } from "./split.ts";
 import { VM_ACCESS_FLAGS, VM_WRITE } from "./vma.ts";
 import { releaseVma } from "./vma-ops.ts";
+import { SWAP_CLUSTER_MAX, tryToFreePages } from "./vmscan.ts";
 import { EV } from "./vmstat.ts";
 
 /**
@@ -165,21 +167,48 @@ export class Kernel {
 
   /**
    * fork(): a new process whose address space is a copy of pid's (dup_mmap, with the page-table
-   * copy of the fork design in force). Returns the child's pid, or -ENOMEM, in which case the half-built child is torn
-   * down (as mmput does) and the parent's entries stay write-protected, as in Linux.
+   * copy of the fork design in force). Returns the child's pid, or -ENOMEM, in which case the
+   * half-built child is torn down (as mmput does) and the parent's entries stay write-protected,
+   * as in Linux. Under memory pressure fork reclaims as a fault does (handleMmFault): up to the
+   * high watermark first when free memory is below the low one, and, when the copy runs out of
+   * memory, SWAP_CLUSTER_MAX pages before it is retried whole with the same child pid.
    */
   fork(pid: number): number {
     const parent = this.mm(pid);
-    this.machine.stat.inc(EV.syscall);
-    this.machine.stat.inc(EV.mmap_lock, 2); // dup_mmap write-locks the parent's and the child's
-    const child = this.createProcess();
-    if (child < 0) return child;
-    const r = dupMmap(this.mm(child), parent, FORK_PT_COPY[this.forkPtCopy]);
-    if (r < 0) {
+    const m = this.machine;
+    m.stat.inc(EV.syscall);
+    m.stat.inc(EV.mmap_lock, 2); // dup_mmap write-locks the parent's and the child's
+    const free = m.buddy.freePages();
+    if (free < m.wmark.low) tryToFreePages(m, m.wmark.high - free);
+    for (;;) {
+      const child = this.createProcess();
+      if (child < 0) return child;
+      const r = dupMmap(this.mm(child), parent, FORK_PT_COPY[this.forkPtCopy]);
+      if (r >= 0) return child;
       this.exit(child);
-      return r;
+      if (r !== -ENOMEM || tryToFreePages(m, SWAP_CLUSTER_MAX) === 0) return r;
+      this.nextPid = child;
     }
-    return child;
+  }
+
+  /**
+   * Reclaims up to nrPages pages, as writing to memory.reclaim asks (try_to_free_pages: the LRU
+   * lists by falling priority, lazyfree folios, swap-out when there is swap, then the deferred
+   * split shrinker). Returns the pages freed, or -EINVAL for a count that is not a positive
+   * integer.
+   */
+  reclaim(nrPages: number): number {
+    if (!Number.isSafeInteger(nrPages) || nrPages <= 0) return -EINVAL;
+    return tryToFreePages(this.machine, nrPages);
+  }
+
+  /**
+   * Runs the deferred split shrinker (deferred_split_scan) over the whole queue: every queued,
+   * partly mapped folio that can be split is, and its unmapped pages are freed. Returns the
+   * number of folios split.
+   */
+  splitDeferred(): number {
+    return deferredSplitScan(this.machine);
   }
 
   /**
@@ -284,7 +313,7 @@ export class Kernel {
   mremap(pid: number, addr: number, oldLen: number, newLen: number, flags: number, newAddr = 0): number {
     return sysMremap(this.mm(pid), addr, oldLen, newLen, flags, newAddr);
   }
-  /** madvise(2) with advice that changes VMA flags only (see madvise.ts). Returns 0 or -errno. */
+  /** madvise(2) (see madvise.ts for the advice modelled). Returns 0 or -errno. */
   madvise(pid: number, addr: number, len: number, advice: number): number {
     return sysMadvise(this.mm(pid), addr, len, advice);
   }
@@ -392,8 +421,9 @@ function userFault(mm: Mm, addr: number, write: boolean, res: AccessResult): boo
     return false;
   }
   if (ret & VM_FAULT_OOM) {
-    // Differs from Linux: no reclaim and no OOM killer yet; the access stops here and reports
-    // VM_FAULT_OOM, with everything the fault had begun unwound.
+    // The OOM outcome: reclaim (inside handleMmFault) could free nothing more. Differs from
+    // Linux: no OOM killer picks a victim; the access stops here and reports oom, with
+    // everything the fault had begun unwound, and the process lives on (vmstat "oom").
     res.oom = true;
     return false;
   }

@@ -17,6 +17,7 @@ import { HPAGE_PMD_ORDER, PageTable } from "./pgtable.ts";
 import type { ShmemObject } from "./shmem.ts";
 import { SwapInfo } from "./swap.ts";
 import type { AnonVma } from "./vma.ts";
+import { watermarks } from "./vmscan.ts";
 import { EV, VmStat } from "./vmstat.ts";
 
 export type ThpGlobal = "always" | "madvise" | "never";
@@ -86,6 +87,8 @@ export class Machine {
   readonly cow: CowReuse;
   /** The MADV_FREE design in force. */
   readonly madviseFree: MadviseFreeDesign;
+  /** The zone watermarks in pages (vmscan.ts watermarks): reclaim starts below `low`. */
+  readonly wmark: { min: number; low: number; high: number };
   /** The swap device (nrSlots 0 when there is none). */
   readonly swap: SwapInfo;
   /**
@@ -113,6 +116,7 @@ export class Machine {
     this.hugeAnonOrdersMadvise = masks.madvise;
     this.hugeAnonOrdersInherit = masks.inherit;
     const nrPages = Math.floor(config.ramBytes / 4096);
+    this.wmark = watermarks(nrPages);
     this.buddy = new BuddyAllocator(nrPages);
     this.memmap = this.buddy.memmap;
     // Differs from Linux: the huge zero folio is allocated at boot and never freed, outside RAM.

@@ -59,6 +59,7 @@ import {
   swapPteSlot,
 } from "./swap.ts";
 import { VM_MAYSHARE, VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
+import { SWAP_CLUSTER_MAX, tryToFreePages } from "./vmscan.ts";
 import { EV } from "./vmstat.ts";
 
 export const FAULT_FLAG_WRITE = 0x01;
@@ -74,9 +75,28 @@ const FAULT_AROUND_PAGES = 16;
 /**
  * handle_mm_fault: resolves a fault at addr in vma, which the caller has found and checked for
  * access rights (the arch fault handler's access_error). Allocates page tables on the way.
- * Returns 0 or VM_FAULT_OOM (nothing left half done).
+ * Returns 0, VM_FAULT_SIGBUS, or VM_FAULT_OOM (nothing left half done) when memory ran out and
+ * reclaim could free nothing more.
+ *
+ * Memory pressure, as vmlab models it (vmscan.ts): a fault that starts with free memory below
+ * the low watermark reclaims up to the high watermark first (kswapd's work, done in line); a
+ * fault that runs out of memory unwinds, reclaims SWAP_CLUSTER_MAX pages (direct reclaim,
+ * __alloc_pages_direct_reclaim) and is retried while reclaim makes progress. Reclaim runs
+ * only here, between faults, never while a walker holds a page table.
  */
 export function handleMmFault(mm: Mm, vma: Vma, addr: number, flags: number): number {
+  const m = mm.machine;
+  const free = m.buddy.freePages();
+  if (free < m.wmark.low) tryToFreePages(m, m.wmark.high - free);
+  let ret = handleMmFaultOnce(mm, vma, addr, flags);
+  while (ret & VM_FAULT_OOM && tryToFreePages(m, SWAP_CLUSTER_MAX) > 0)
+    ret = handleMmFaultOnce(mm, vma, addr, flags);
+  if (ret & VM_FAULT_OOM) m.stat.inc(EV.oom);
+  return ret;
+}
+
+/** __handle_mm_fault: one try at the fault, without reclaim. */
+function handleMmFaultOnce(mm: Mm, vma: Vma, addr: number, flags: number): number {
   const m = mm.machine;
   m.stat.inc(EV.pgfault);
   const write = (flags & FAULT_FLAG_WRITE) !== 0;

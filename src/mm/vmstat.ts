@@ -24,7 +24,6 @@ const GLOBAL = [
   "pgactivate",
   "pgdeactivate",
   "pgrefill",
-  "oom_kill",
   "thp_zero_page_alloc",
   // model events (for the cost model)
   "syscall",
@@ -63,6 +62,7 @@ const GLOBAL = [
   "folio_split",
   "lru_move",
   "swap_slot_alloc",
+  "oom",
 ] as const;
 const PER_ORDER = [
   "anon_fault_alloc",
