@@ -155,14 +155,30 @@ describe("swap-out and swap-in", () => {
     audit(k);
   });
 
-  it("fails a swap-in with VM_FAULT_OOM when no page is free, the entry left as it was", () => {
-    const { k, pid, tags, swap } = setup();
+  it("reclaims to swap a page in when no page is free: another page goes out to make room", () => {
+    const { k, pid, tags, stat } = setup();
+    expect(swapOut(k, pid, A)).toBe("swapped");
+    const hog: number[] = [];
+    for (let pfn = k.machine.allocFolio(0, 0); pfn >= 0; pfn = k.machine.allocFolio(0, 0)) hog.push(pfn);
+    const out = stat("pswpout");
+    const r = k.read(pid, A, P);
+    expect(r.oom).toBe(false);
+    expect(r.tags).toEqual([tags[0]]);
+    expect(stat("pswpout")).toBeGreaterThan(out);
+    expect(k.read(pid, A + P, 7 * P).tags).toEqual(tags.slice(1));
+    for (const pfn of hog) k.machine.folioPut(pfn);
+    audit(k);
+  });
+
+  it("fails a swap-in with VM_FAULT_OOM when no page is free and reclaim has no slot to swap to", () => {
+    const { k, pid, tags, swap, stat } = setup({ swapPages: 1 });
     expect(swapOut(k, pid, A)).toBe("swapped");
     const hog: number[] = [];
     for (let pfn = k.machine.allocFolio(0, 0); pfn >= 0; pfn = k.machine.allocFolio(0, 0)) hog.push(pfn);
     const before = entry(k, pid, A);
     const r = k.read(pid, A, P);
     expect(r.oom).toBe(true);
+    expect(stat("oom")).toBe(1);
     expect(entry(k, pid, A)).toEqual(before);
     expect([swap.inuse, swap.cache.size, swap.count[swapPteSlot(...before)]]).toEqual([1, 0, 1]);
     for (const pfn of hog) k.machine.folioPut(pfn);
