@@ -69,8 +69,9 @@ export interface SmapsEntry {
 /**
  * show_smap: walks the VMA's page tables as smaps_pte_range does. The zero page and the huge
  * zero page count nowhere (vm_normal_page is NULL for them); a PMD-mapped anon THP counts in
- * AnonHugePages; a clean, not swap-backed anon page counts in LazyFree; a swap entry counts in
- * Swap (SwapPss is not shown).
+ * AnonHugePages (PTE-mapped mTHP folios do not); an anon page of a folio that is not
+ * swap-backed (lazyfree), clean in its PTE or PMD and in the folio, counts in LazyFree
+ * (smaps_account); a swap entry counts in Swap (SwapPss is not shown).
  */
 export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
   const m = mm.machine;
@@ -89,11 +90,16 @@ export function smapsVma(mm: Mm, vma: Vma): SmapsEntry {
     }
     const i = pmdIndex(addr);
     if (pmd.lo(i) & _PAGE_PSE) {
-      const pfn = pmd.pfnAt(i);
-      if (pfn !== m.hugeZeroPfn) {
+      // smaps_pmd_entry: the whole folio at once, dirty from the PMD.
+      const head = pmd.pfnAt(i);
+      if (head !== m.hugeZeroPfn) {
         rss += 2048;
-        anon += 2048;
-        thp += 2048;
+        if (mem.test(head, PG_anon)) {
+          anon += 2048;
+          thp += 2048;
+          if (!mem.test(head, PG_swapbacked) && !(pmd.lo(i) & _PAGE_DIRTY) && !mem.test(head, PG_dirty))
+            lazy += 2048;
+        }
       }
       addr = pmdEnd;
       continue;

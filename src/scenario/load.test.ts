@@ -90,8 +90,10 @@ describe("parseScenario on a valid file", () => {
           "2048kB": "inherit",
         },
       },
+      swap: 0,
       cow: { reuse: "modern" },
       fork: { ptCopy: "batched" },
+      madvise: { free: "batched" },
     });
     expect(s.processes).toEqual(["a"]);
   });
@@ -277,7 +279,7 @@ describe("parseScenario on a malformed file", () => {
       col: 11,
       path: "ops[0].op",
       message: "unknown op 'mmapp'",
-      hint: "ops are: mmap, munmap, mprotect, madvise, mremap, read, write, check, dump, spawn, fork, exit, pin, unpin, pinread, vmsplice, piperead; did you mean 'mmap'?",
+      hint: "ops are: mmap, munmap, mprotect, madvise, mremap, read, write, check, dump, spawn, fork, exit, pin, unpin, pinread, vmsplice, piperead, reclaim, splitdeferred; did you mean 'mmap'?",
     });
   });
 
@@ -289,7 +291,7 @@ describe("parseScenario on a malformed file", () => {
       col: 58,
       path: "ops[1].advice",
       message: "unknown advice 'hugepages'",
-      hint: "advice is one of: hugepage, nohugepage, normal, dontfork, dofork, wipeonfork, keeponfork, dontneed; did you mean 'hugepage'?",
+      hint: "advice is one of: hugepage, nohugepage, normal, dontfork, dofork, wipeonfork, keeponfork, dontneed, free, cold, pageout, populate_read, populate_write; did you mean 'hugepage'?",
     });
     expect(fields(errorOf(`${HEAD}  - { op: mmap, pid: a, len: 4KiB, prot: [read, wrte] }\n`))).toMatchObject(
       {
@@ -738,6 +740,192 @@ describe("runScenario on fork, pin, vmsplice and mremap", () => {
     expect(run(fork)).toBe(
       "t.yaml:8:5: error: ops[3].pid: process 'b' does not exist\n  Hint: the fork at line 7 that binds 'b' returned -ENOMEM",
     );
+  });
+});
+
+describe("parseScenario on MADV_FREE, reclaim, swap and event checks", () => {
+  const s = parseScenario(
+    "name: t\nmachine: { ram: 16MiB, swap: 8MiB, madvise: { free: split } }\nprocesses: [a]\nops:\n" +
+      MMAP +
+      "  - { op: madvise, pid: a, addr: buf, len: 64KiB, advice: free }\n" +
+      "  - { op: madvise, pid: a, addr: buf, len: 64KiB, advice: populate_write }\n" +
+      "  - { op: reclaim, pages: 64, expect: { freed: 16 } }\n" +
+      "  - { op: reclaim, pages: 1MiB }\n" +
+      "  - { op: splitdeferred, expect: { split: 0 } }\n" +
+      "  - op: check\n    pid: a\n    status: { VmSwap: 0 }\n    smaps: [{ addr: buf, LazyFree: 64, Swap: 0 }]\n" +
+      "    events: { pglazyfreed: 16, hugepages-64kB/split_deferred: { min: 1 }, pswpout: { min: 1, max: 9 } }\n",
+    "t.yaml",
+  );
+
+  it("reads the swap size and the MADV_FREE design, no swap and batched by default", () => {
+    expect(s.machine).toMatchObject({ swap: 8 * MiB, madvise: { free: "split" } });
+    const bare = parseScenario(`${HEAD.replace("ops:\n", "ops: []\n")}`, "t.yaml").machine;
+    expect(bare).toMatchObject({ swap: 0, madvise: { free: "batched" } });
+  });
+
+  it("keeps the new advice by name", () => {
+    expect(s.ops[1]).toMatchObject({ op: "madvise", advice: "free" });
+    expect(s.ops[2]).toMatchObject({ op: "madvise", advice: "populate_write" });
+  });
+
+  it("takes reclaim's amount as pages or as a size with a unit, without a pid", () => {
+    expect(s.ops[3]).toMatchObject({ op: "reclaim", pages: 64, expect: { freed: 16 } });
+    expect(s.ops[4]).toMatchObject({ op: "reclaim", pages: 256 });
+    expect(s.ops[4]).not.toHaveProperty("pid");
+    expect(s.ops[5]).toMatchObject({ op: "splitdeferred", expect: { split: 0 } });
+  });
+
+  it("keeps VmSwap, smaps Swap and LazyFree, and event counts exact or as ranges", () => {
+    expect(s.ops[6]).toMatchObject({
+      op: "check",
+      status: { VmSwap: 0 },
+      smaps: [{ LazyFree: 64, Swap: 0 }],
+      events: { pglazyfreed: 16, "hugepages-64kB/split_deferred": { min: 1 }, pswpout: { min: 1, max: 9 } },
+    });
+  });
+
+  it("rejects a bad advice name, suggesting the spelling with an underscore", () => {
+    expect(
+      fields(
+        errorOf(`${HEAD}${MMAP}  - { op: madvise, pid: a, addr: buf, len: 4KiB, advice: populate-read }\n`),
+      ),
+    ).toEqual({
+      line: 6,
+      col: 58,
+      path: "ops[1].advice",
+      message: "unknown advice 'populate-read'",
+      hint: "advice is one of: hugepage, nohugepage, normal, dontfork, dofork, wipeonfork, keeponfork, dontneed, free, cold, pageout, populate_read, populate_write; did you mean 'populate_read'?",
+    });
+  });
+
+  it("rejects a reclaim of nothing, of part of a page, of a quoted number, or with a pid", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: reclaim, pages: 0 }\n`))).toEqual({
+      line: 5,
+      col: 27,
+      path: "ops[0].pages",
+      message: "reclaim needs at least 1 page",
+      hint: "write pages: 64 (a number of pages) or pages: 256KiB (a whole number of 4 KiB pages)",
+    });
+    expect(fields(errorOf(`${HEAD}  - { op: reclaim, pages: 6KiB }\n`))).toMatchObject({
+      path: "ops[0].pages",
+      message: "'6KiB' is not a whole number of 4 KiB pages",
+      hint: "write 4KiB or 8KiB",
+    });
+    expect(fields(errorOf(`${HEAD}  - { op: reclaim, pages: "64" }\n`))).toMatchObject({
+      message: "expected a number of pages, or a size with a unit like 256KiB, got '64'",
+      hint: "a plain number counts pages: write pages: 64 without quotes, or a size with a unit: 256KiB",
+    });
+    expect(fields(errorOf(`${HEAD}  - { op: reclaim, pages: -3 }\n`))).toMatchObject({
+      message: "expected a number of pages, got -3",
+      hint: "it cannot be negative",
+    });
+    expect(fields(errorOf(`${HEAD}  - { op: reclaim, pid: a, pages: 1 }\n`))).toEqual({
+      line: 5,
+      col: 20,
+      path: "ops[0].pid",
+      message: "unknown key 'pid'",
+      hint: "this op acts on the whole machine, not on one process: remove pid",
+    });
+    expect(fields(errorOf(`${HEAD}  - { op: reclaim, pages: 1, expect: { pages: 1 } }\n`))).toMatchObject({
+      path: "ops[0].expect.pages",
+      hint: "allowed keys here: freed",
+    });
+  });
+
+  it("rejects an unknown event at its key, and an empty or upside-down range", () => {
+    expect(fields(errorOf(`${HEAD}  - { op: check, pid: a, events: { pglazyfred: 1 } }\n`))).toEqual({
+      line: 5,
+      col: 36,
+      path: "ops[0].events.pglazyfred",
+      message: "unknown event 'pglazyfred'",
+      hint: "events are the counters the report's Events section lists: vmstat names like pglazyfreed, mTHP stats like hugepages-64kB/split_deferred; did you mean 'pglazyfree'?",
+    });
+    const range = (r: string) => errorOf(`${HEAD}  - { op: check, pid: a, events: { oom: ${r} } }\n`);
+    expect(range("{}").message).toBe("the range has no bound");
+    expect(range("{ min: 3, max: 1 }").message).toBe("min 3 is above max 1");
+    expect(fields(range("{ mn: 1 }"))).toMatchObject({
+      path: "ops[0].events.oom.mn",
+      hint: "allowed keys here: min, max; did you mean 'min'?",
+    });
+  });
+
+  it("rejects a bad swap size and an unknown MADV_FREE design", () => {
+    const machine = (m: string) =>
+      errorOf(`name: t\nmachine: { ram: 64MiB, ${m} }\nprocesses: [a]\nops: []\n`);
+    expect(fields(machine("swap: 5000"))).toMatchObject({
+      path: "machine.swap",
+      message: "swap must be a multiple of 4KiB",
+    });
+    expect(fields(machine("madvise: { free: splitt }"))).toMatchObject({
+      path: "machine.madvise.free",
+      message: "unknown MADV_FREE design 'splitt'",
+      hint: "MADV_FREE design is one of: batched, split; did you mean 'split'?",
+    });
+  });
+
+  it("rejects zero or nonzero as one item of a content list", () => {
+    expect(
+      fields(
+        errorOf(
+          `${HEAD}${MMAP}  - { op: read, pid: a, addr: buf, len: 4KiB, expect: { content: [nonzero] } }\n`,
+        ),
+      ),
+    ).toMatchObject({
+      path: "ops[1].expect.content[0]",
+      message: "'nonzero' is not a page tag",
+      hint: "nonzero stands for every page: write content: nonzero, or list tags and write names",
+    });
+  });
+});
+
+describe("runScenario on MADV_FREE, reclaim and event checks", () => {
+  /** A mapping whose 64 KiB blocks are aligned, so that each holds one whole mTHP folio. */
+  const ALIGNED = "  - { op: mmap, pid: a, addr: 0x7f0000000000, len: 1MiB, prot: rw, as: buf }\n";
+  const run = (ops: string[], machine = "{ ram: 16MiB, thp: { sizes: { 64kB: always } } }") =>
+    formatRun(
+      runScenario(
+        parseScenario(
+          `name: t\nmachine: ${machine}\nprocesses: [a]\nops:\n${ALIGNED}${ops.map((l) => `  - ${l}\n`).join("")}`,
+          "t.yaml",
+        ),
+      ),
+    );
+
+  it("logs reclaim and the deferred split scan without a process, and checks what they return", () => {
+    const out = run([
+      "{ op: write, pid: a, addr: buf, len: 128KiB }",
+      "{ op: madvise, pid: a, addr: buf, len: 64KiB, advice: free }",
+      "{ op: madvise, pid: a, addr: buf+68KiB, len: 4KiB, advice: dontneed }",
+      "{ op: reclaim, pages: 16, expect: { freed: 16 } }",
+      "{ op: splitdeferred, expect: { split: 1 } }",
+      "{ op: check, pid: a, events: { pglazyfreed: 16, hugepages-64kB/split: { min: 1 } } }",
+      "{ op: splitdeferred, expect: { split: 1 } }",
+    ]);
+    expect(out).toContain("#3   a: madvise(0x7f0000000000, 64KiB, MADV_FREE) = 0\n");
+    expect(out).toContain("#5   reclaim(16 pages) = 16 freed\n");
+    expect(out).toContain("#6   deferred_split_scan() = 1 folio split\n");
+    expect(out).toContain("#7   a: check pglazyfreed=16 hugepages-64kB/split=1\n");
+    expect(out).toContain("t.yaml:12:5: expectation failed: expected 1 folio split, got 0");
+    expect(out).toContain("expectations: 4 passed, 1 failed");
+  });
+
+  it("names the event and the range a failed event check expected", () => {
+    const out = run(["{ op: check, pid: a, events: { pglazyfree: { min: 1 }, oom: 2 } }"]);
+    expect(out).toContain("expectation failed: event pglazyfree is 0, expected at least 1");
+    expect(out).toContain("expectation failed: event oom is 0, expected 2");
+  });
+
+  it("boots the machine with the swap and the MADV_FREE design the scenario names", () => {
+    const out = run(
+      [
+        "{ op: write, pid: a, addr: buf, len: 64KiB }",
+        "{ op: madvise, pid: a, addr: buf, len: 64KiB, advice: pageout }",
+        "{ op: check, pid: a, status: { VmSwap: 64 }, smaps: [{ addr: buf, Swap: 64, Rss: 0 }] }",
+      ],
+      "{ ram: 16MiB, swap: 1MiB }",
+    );
+    expect(out).toContain("expectations: 3 passed, 0 failed");
+    expect(out).toContain("VmSwap:         64 kB");
   });
 });
 

@@ -310,6 +310,12 @@ function staticCheck(src: Source, processes: readonly string[], ops: readonly Op
       const named: string[] = [];
       content.forEach((item, j) => {
         if (typeof item === "number") n++;
+        else if ((CONTENT_WORDS as readonly string[]).includes(item))
+          fail(
+            [...path, j],
+            `'${item}' is not a page tag`,
+            `${item} stands for every page: write content: ${item}, or list tags and write names`,
+          );
         else {
           const w = use(item, "write", [...path, j], CONTENT_WORDS);
           n += w.pages;
@@ -421,8 +427,8 @@ function checkOpAlone(op: OpBody, fail: (path: Path, message: string, hint: stri
         "add flags: [maymove, fixed], or remove newAddr",
       );
   }
-  if (op.op === "check" && !op.status && !op.smaps && op.vmas === undefined) {
-    fail([], "check has nothing to check", "add status, smaps or vmas");
+  if (op.op === "check" && !op.status && !op.smaps && op.vmas === undefined && !op.events) {
+    fail([], "check has nothing to check", "add status, smaps, vmas or events");
   }
 }
 

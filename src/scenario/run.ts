@@ -25,13 +25,18 @@ import {
 import {
   ERRNO_NAMES,
   isErr,
+  MADV_COLD,
   MADV_DOFORK,
   MADV_DONTFORK,
   MADV_DONTNEED,
+  MADV_FREE,
   MADV_HUGEPAGE,
   MADV_KEEPONFORK,
   MADV_NOHUGEPAGE,
   MADV_NORMAL,
+  MADV_PAGEOUT,
+  MADV_POPULATE_READ,
+  MADV_POPULATE_WRITE,
   MADV_WIPEONFORK,
   MREMAP_DONTUNMAP,
   MREMAP_FIXED,
@@ -39,7 +44,16 @@ import {
   PAGE_SIZE,
 } from "../uapi.ts";
 import { ScenarioError } from "./load.ts";
-import type { AddrExpr, Advice, ContentExpect, GupExpect, Op, Scenario, SyscallExpect } from "./schema.ts";
+import type {
+  AddrExpr,
+  Advice,
+  ContentExpect,
+  CountExpect,
+  GupExpect,
+  Op,
+  Scenario,
+  SyscallExpect,
+} from "./schema.ts";
 
 const ADVICE_VALUES: Readonly<Record<Advice, number>> = {
   hugepage: MADV_HUGEPAGE,
@@ -50,6 +64,11 @@ const ADVICE_VALUES: Readonly<Record<Advice, number>> = {
   wipeonfork: MADV_WIPEONFORK,
   keeponfork: MADV_KEEPONFORK,
   dontneed: MADV_DONTNEED,
+  free: MADV_FREE,
+  cold: MADV_COLD,
+  pageout: MADV_PAGEOUT,
+  populate_read: MADV_POPULATE_READ,
+  populate_write: MADV_POPULATE_WRITE,
 };
 
 /** One op's line in the log, and the expectations it failed. */
@@ -132,6 +151,8 @@ export function bootScenario(sc: Scenario): Kernel {
     thp: { enabled: sc.machine.thp.enabled, useZeroPage: sc.machine.thp.useZeroPage, orders },
     cow: sc.machine.cow.reuse,
     fork: { ptCopy: sc.machine.fork.ptCopy },
+    madvise: { free: sc.machine.madvise.free },
+    swapBytes: sc.machine.swap,
   });
 }
 
@@ -353,6 +374,16 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
           check(mm.vmas.length === op.vmas, `${mm.vmas.length} VMAs, expected ${op.vmas}`);
           parts.push(`vmas=${mm.vmas.length}`);
         }
+        if (op.events) {
+          const now = k.machine.stat.snapshot();
+          for (const [event, want] of Object.entries(op.events)) {
+            // Safe: partialRecord's entries hold a value for every key they list.
+            const w = want!;
+            const got = now[event] ?? 0;
+            check(countMatches(got, w), `event ${event} is ${got}, expected ${countText(w)}`);
+            parts.push(`${event}=${got}`);
+          }
+        }
         rec.text = `check ${parts.join(" ")}`;
         break;
       }
@@ -430,8 +461,28 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
         checkContent(tags, op.expect?.content);
         break;
       }
+      case "reclaim": {
+        const freed = k.reclaim(op.pages);
+        // Safe: the schema admits only whole page counts >= 1, which reclaim() accepts.
+        if (isErr(freed)) throw new Error(`runScenario: reclaim(${op.pages}) returned ${freed}`);
+        if (op.expect)
+          check(freed === op.expect.freed, `expected ${op.expect.freed} pages freed, got ${freed}`);
+        rec.text = `reclaim(${plural(op.pages, "page")}) = ${freed} freed`;
+        break;
+      }
+      case "splitdeferred": {
+        const split = k.splitDeferred();
+        if (op.expect)
+          check(
+            split === op.expect.split,
+            `expected ${plural(op.expect.split, "folio")} split, got ${split}`,
+          );
+        rec.text = `deferred_split_scan() = ${plural(split, "folio")} split`;
+        break;
+      }
     }
-    rec.text = `${who}: ${rec.text}`;
+    // Machine-wide ops (reclaim, splitdeferred) act for no process.
+    if (who) rec.text = `${who}: ${rec.text}`;
     if (opts.profile && statBefore) {
       rec.counts = countsDelta(statBefore, k.machine.stat.snapshot());
       rec.modeledNs = costBreakdown(rec.counts, opts.profile).totalNs;
@@ -478,6 +529,20 @@ function formatOpCost(counts: Record<string, number>, profile: CostProfile): str
   const rest = b.items.length - shown.length + b.unpriced.length;
   if (rest > 0) shown.push(`+${rest} more`);
   return `cost ${formatNs(b.totalNs)}${shown.length ? `: ${shown.join(", ")}` : ""}`;
+}
+
+/** Whether an event count meets what a check expects of it: exactly, or within the range. */
+function countMatches(got: number, want: CountExpect): boolean {
+  if (typeof want === "number") return got === want;
+  return got >= (want.min ?? 0) && got <= (want.max ?? Number.POSITIVE_INFINITY);
+}
+
+/** "7", "at least 1", "at most 3", "between 1 and 3". */
+function countText(want: CountExpect): string {
+  if (typeof want === "number") return String(want);
+  if (want.max === undefined) return `at least ${want.min}`;
+  if (want.min === undefined) return `at most ${want.max}`;
+  return `between ${want.min} and ${want.max}`;
 }
 
 const plural = (n: number, noun: string) => `${n} ${noun}${n === 1 ? "" : "s"}`;
@@ -560,7 +625,9 @@ export function formatRun(r: RunResult, profile?: CostProfile): string {
     for (const s of p.smaps) lines.push("", formatSmaps(s));
   }
   lines.push("", "Events:");
-  for (const [name, n] of Object.entries(r.events)) lines.push(`  ${name.padEnd(40)} ${n}`);
+  // The longest names (hugepages-2048kB/nr_anon_partially_mapped) widen the column.
+  const width = Math.max(40, ...Object.keys(r.events).map((n) => n.length));
+  for (const [name, n] of Object.entries(r.events)) lines.push(`  ${name.padEnd(width)} ${n}`);
   if (r.costs) lines.push("", ...formatCosts(r));
   lines.push("", `expectations: ${r.expectations.passed} passed, ${r.expectations.failed} failed`);
   return lines.join("\n");
@@ -574,7 +641,7 @@ function formatCosts(r: RunResult): string[] {
   const lines = [`Modeled time (profile ${c.profile.name}: ${c.profile.machine}${fitted}):`];
   for (const op of r.ops) {
     if (!op.modeledNs) continue;
-    const name = op.text.replace(/^(\S+: \w+).*$/, "$1");
+    const name = op.text.replace(/^((?:\S+: )?\w+).*$/, "$1");
     lines.push(
       `  #${String(op.index + 1).padEnd(3)} ${name.padEnd(34)} ${formatNs(op.modeledNs).padStart(10)}`,
     );

@@ -6,6 +6,7 @@
 // name must be defined earlier) need the whole op list and live in load.ts.
 
 import * as z from "zod";
+import { VmStat } from "../mm/vmstat.ts";
 import {
   MAP_ANONYMOUS,
   MAP_FIXED,
@@ -164,12 +165,17 @@ export function parseSize(text: string): number | null {
   return Number.isSafeInteger(n) ? n : null;
 }
 
+/** The unit a size string like "4 KB" uses, when it has one. */
+const unitOf = (v: unknown) => (typeof v === "string" ? /^ *[0-9]+ *([A-Za-z]+) *$/.exec(v)?.[1] : undefined);
+const unitHint = (unit: string) =>
+  `unknown unit '${unit}': use B, KiB, MiB, GiB or TiB (kB, MB, GB mean KiB, MiB, GiB)${didYouMean(unit, Object.keys(SIZE_UNITS))}`;
+
 const sizeError: ErrorFn = (iss) => {
   const v = iss.input;
   if (typeof v === "number") return count(SIZE_WHAT)(iss);
-  const unit = typeof v === "string" ? /^ *[0-9]+ *([A-Za-z]+) *$/.exec(v)?.[1] : undefined;
+  const unit = unitOf(v);
   const hint = unit
-    ? `unknown unit '${unit}': use B, KiB, MiB, GiB or TiB (kB, MB, GB mean KiB, MiB, GiB)${didYouMean(unit, Object.keys(SIZE_UNITS))}`
+    ? unitHint(unit)
     : "write bytes (4096, 0x1000) or a whole number with a unit: B, KiB, MiB, GiB, TiB, kB, MB, GB";
   return iss.input === undefined
     ? missing(iss, SIZE_WHAT)
@@ -490,6 +496,11 @@ const ADVICE = [
   "wipeonfork",
   "keeponfork",
   "dontneed",
+  "free",
+  "cold",
+  "pageout",
+  "populate_read",
+  "populate_write",
 ] as const;
 export type Advice = (typeof ADVICE)[number];
 const madviseOp = strict(
@@ -594,8 +605,92 @@ const pipereadOp = strict(
   NO_PID,
 );
 
+// reclaim and splitdeferred act on the whole machine, as writing memory.reclaim or
+// drop_caches does: they have no pid.
+const MACHINE_WIDE = { pid: "this op acts on the whole machine, not on one process: remove pid" } as const;
+
+const RECLAIM_WHAT = "a number of pages, or a size with a unit like 256KiB";
+const RECLAIM_HINT = "write pages: 64 (a number of pages) or pages: 256KiB (a whole number of 4 KiB pages)";
+const UNIT_SIZE_RE = new RegExp(`^ *[0-9]+ *(?:${Object.keys(SIZE_UNITS).join("|")}) *$`);
+const reclaimError: ErrorFn = (iss) => {
+  const v = iss.input;
+  if (v === 0) return withHint("reclaim needs at least 1 page", RECLAIM_HINT);
+  if (typeof v === "number") return count("a number of pages")(iss);
+  if (typeof v === "string" && /^ *(?:[0-9]+|0x[0-9a-fA-F]+) *$/.test(v))
+    return withHint(
+      `expected ${RECLAIM_WHAT}, got '${v}'`,
+      "a plain number counts pages: write pages: 64 without quotes, or a size with a unit: 256KiB",
+    );
+  const unit = unitOf(v);
+  return expected(RECLAIM_WHAT, unit ? unitHint(unit) : RECLAIM_HINT)(iss);
+};
+/** What reclaim asks for: a number of pages, or a size with a unit that is whole pages. */
+const reclaimPages = z
+  .union(
+    [
+      z.int({ error: reclaimError }).min(1, { error: reclaimError }),
+      z.string({ error: reclaimError }).regex(UNIT_SIZE_RE, { error: reclaimError }),
+    ],
+    { error: reclaimError },
+  )
+  .transform((v, ctx) => {
+    if (typeof v === "number") return v;
+    const bytes = parseSize(v);
+    if (bytes !== null && bytes > 0 && bytes % PAGE_SIZE === 0) return bytes / PAGE_SIZE;
+    const kib = (n: number) => `${(n * PAGE_SIZE) / 1024}KiB`;
+    const below = bytes === null ? 0 : Math.floor(bytes / PAGE_SIZE);
+    ctx.issues.push({
+      code: "custom",
+      input: v,
+      message:
+        bytes === null
+          ? withHint(`size '${v}' is too large`, "sizes must be below 2**53 bytes")
+          : bytes === 0
+            ? withHint("reclaim needs at least 1 page", RECLAIM_HINT)
+            : withHint(
+                `'${v}' is not a whole number of 4 KiB pages`,
+                below > 0 ? `write ${kib(below)} or ${kib(below + 1)}` : "write 4KiB, or pages: 1",
+              ),
+    });
+    return z.NEVER;
+  })
+  .meta({ id: "ReclaimPages", description: RECLAIM_WHAT });
+
+/** A whole number a machine-wide op must return, for its expect. */
+const result = (what: string) =>
+  z.int({ error: count(`a number of ${what}`) }).min(0, { error: count(`a number of ${what}`) });
+const reclaimOp = strict(
+  {
+    op: z.literal("reclaim"),
+    pages: reclaimPages.describe("how much to reclaim, as memory.reclaim asks"),
+    expect: strict({ freed: result("pages") }, "{ freed: N }")
+      .optional()
+      .describe("the pages reclaim freed"),
+  },
+  OP_WHAT,
+  MACHINE_WIDE,
+);
+const splitdeferredOp = strict(
+  {
+    op: z.literal("splitdeferred"),
+    expect: strict({ split: result("folios") }, "{ split: N }")
+      .optional()
+      .describe("the folios the deferred split shrinker split"),
+  },
+  OP_WHAT,
+  MACHINE_WIDE,
+);
+
 const status = strict(
-  { VmSize: opt(kB), VmRSS: opt(kB), RssAnon: opt(kB), RssFile: opt(kB), RssShmem: opt(kB), VmPTE: opt(kB) },
+  {
+    VmSize: opt(kB),
+    VmRSS: opt(kB),
+    RssAnon: opt(kB),
+    RssFile: opt(kB),
+    RssShmem: opt(kB),
+    VmPTE: opt(kB),
+    VmSwap: opt(kB),
+  },
   "a mapping of /proc/pid/status fields in kB, like { VmRSS: 2048 }",
 );
 const VMFLAGS_WHAT = "VmFlags like 'rd wr mr mw me ac'";
@@ -607,6 +702,7 @@ const smapsEntry = strict(
     Anonymous: opt(kB),
     AnonHugePages: opt(kB),
     LazyFree: opt(kB),
+    Swap: opt(kB),
     VmFlags: z
       .string({ error: expected(VMFLAGS_WHAT, "two-letter mnemonics separated by spaces") })
       .regex(/^ *[a-z0-9]{2}(?: +[a-z0-9]{2})* *$/, {
@@ -617,6 +713,52 @@ const smapsEntry = strict(
   },
   "a mapping like { addr: buf, Rss: 1024 }",
 );
+/**
+ * Every counter the report's Events section can list: vmstat names, the mTHP stats by size
+ * (hugepages-64kB/split_deferred) and the model's events. snapshot() names the counters that
+ * are not zero, so with every counter set it names them all.
+ */
+export const EVENT_NAMES = (() => {
+  const all = new VmStat();
+  all.count.fill(1);
+  return Object.keys(all.snapshot()) as [string, ...string[]];
+})();
+const EVENTS_WHAT = "a mapping of event counts like { pglazyfreed: 16 }";
+const eventsError: ErrorFn = (iss) => {
+  if (iss.code !== "unrecognized_keys")
+    return expected(EVENTS_WHAT, "write events: { pglazyfreed: 16 }")(iss);
+  return withHint(
+    `unknown event '${iss.keys[0]}'`,
+    `events are the counters the report's Events section lists: vmstat names like pglazyfreed, mTHP stats like hugepages-64kB/split_deferred${didYouMean(iss.keys[0], EVENT_NAMES)}`,
+  );
+};
+/** What a check expects of one event count: exactly n, or at least min and at most max. */
+export type CountExpect = number | { min?: number; max?: number };
+const COUNT_WHAT = "a count, or a range like { min: 1 }";
+const COUNT_HINT = "write pswpout: 12 (exactly), or pswpout: { min: 1 } ({ min, max }, either bound)";
+const countInt = z.int({ error: count("a count") }).min(0, { error: count("a count") });
+const eventCount = z.union(
+  [
+    countInt,
+    strict({ min: countInt.optional(), max: countInt.optional() }, COUNT_WHAT)
+      // `when`: an unknown key (mn) is reported as such, not as a range without bounds.
+      .refine((c) => c.min !== undefined || c.max !== undefined, {
+        error: withHint("the range has no bound", COUNT_HINT),
+        when: (p) => p.issues.length === 0,
+      })
+      .refine((c) => c.min === undefined || c.max === undefined || c.min <= c.max, {
+        error: (iss) => {
+          const c = iss.input as { min: number; max: number };
+          return withHint(`min ${c.min} is above max ${c.max}`, "no count can be in that range");
+        },
+        when: (p) => p.issues.length === 0,
+      }),
+  ],
+  { error: expected(COUNT_WHAT, COUNT_HINT) },
+);
+const events = z.partialRecord(z.enum(EVENT_NAMES, { error: eventsError }), eventCount, {
+  error: eventsError,
+});
 const checkOp = strict(
   {
     op: z.literal("check"),
@@ -632,6 +774,7 @@ const checkOp = strict(
       .int({ error: count("a number of VMAs") })
       .min(0, { error: count("a number of VMAs") })
       .optional(),
+    events: events.optional().describe("machine-wide event counts since boot, as the report's Events"),
   },
   OP_WHAT,
 );
@@ -661,6 +804,8 @@ const OPS = [
   pinreadOp,
   vmspliceOp,
   pipereadOp,
+  reclaimOp,
+  splitdeferredOp,
 ] as const;
 /** The op names, in documentation order. */
 export const OP_NAMES = OPS.map((o) => o.shape.op.value);
@@ -734,14 +879,34 @@ const fork = strict(
   "a mapping like { ptCopy: per-pte }",
 ).prefault({});
 
+const MADV_FREE_DESIGNS = ["batched", "split"] as const;
+const madvise = strict(
+  {
+    free: z
+      .enum(MADV_FREE_DESIGNS, { error: oneOf("MADV_FREE design", MADV_FREE_DESIGNS) })
+      .default("batched")
+      .describe(
+        "batched: Linux 6.10+ (a large folio the range covers whole becomes lazyfree unsplit); split: before 6.10 (every large folio is split first)",
+      ),
+  },
+  "a mapping like { free: split }",
+).prefault({});
+
 const machine = strict(
   {
     ram: size.refine((n) => n > 0 && n % PAGE_SIZE === 0, {
       error: withHint("ram must be a positive multiple of 4KiB", "write ram: 4GiB"),
     }),
+    swap: size
+      .refine((n) => n % PAGE_SIZE === 0, {
+        error: withHint("swap must be a multiple of 4KiB", "write swap: 64MiB, or 0 for no swap"),
+      })
+      .default(0)
+      .describe("size of the swap device; default 0 (no swap)"),
     thp,
     cow,
     fork,
+    madvise,
   },
   "a mapping like { ram: 4GiB }",
 );
