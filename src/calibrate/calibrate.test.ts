@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { type CostProfile, loadProfile } from "../cost/profile.ts";
-import { calibrate, checkCalibrateOptions, formatCalibration } from "./calibrate.ts";
+import { CALIBRATE_DEFAULTS, calibrate, checkCalibrateOptions, formatCalibration } from "./calibrate.ts";
 import { CalibrateRefusal, listKnobs, THP_SYSFS_ROOT } from "./knobs.ts";
 
 describe("vmlab calibrate, without the kernel", () => {
@@ -118,10 +118,11 @@ describe("vmlab calibrate on this kernel", () => {
         expect(file).toBe(join(outDir, "tiny.json"));
         expect(loadProfile(file)).toEqual(profile);
         expect(lines[0]).toMatch(/^4k 0 MiB: fork /);
-        expect(lines).toHaveLength(6);
+        expect(lines).toHaveLength(1 + CALIBRATE_DEFAULTS.folios.length);
         const rows = profile.fit?.rows ?? [];
-        for (const folio of ["4k", "16k", "64k", "pmd", "pte-mapped-thp"])
-          expect(rows.some((r) => r.folio === folio && r.workload === "fork")).toBe(true);
+        for (const folio of CALIBRATE_DEFAULTS.folios)
+          for (const workload of ["fork", "madv_free", "madv_free_split"])
+            expect(rows.some((r) => r.folio === folio && r.workload === workload)).toBe(true);
         // The real knobs decided the folios: a sample is fitted, or out with its reason.
         for (const r of rows) {
           if (r.fitted) expect(r.modeledNs).toBeGreaterThanOrEqual(0);

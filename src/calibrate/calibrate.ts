@@ -21,22 +21,29 @@ import {
 } from "../cost/profile.ts";
 import { type FitSample, fitCosts } from "./fit.ts";
 import { CalibrateRefusal, checkKnobAccess, type KnobEnv, listKnobs, THP_SYSFS_ROOT } from "./knobs.ts";
-import { type LiveFolio, type LiveResult, type LiveWorkload, measureLive } from "./live.ts";
+import {
+  LIVE_FOLIOS,
+  LIVE_WORKLOADS,
+  type LiveFolio,
+  type LiveResult,
+  type LiveWorkload,
+  measureLive,
+} from "./live.ts";
 import { modelWorkload } from "./model.ts";
 import { FIXED_FROM_PRIOR, PRIOR_WEIGHT, priorNs } from "./prior.ts";
 
 /**
- * The default measurement, about 100 s on a 2-vCPU guest: the small sizes pin the fixed costs,
- * the large ones the per-page costs. --quick's is a smoke run of seconds; its profile is rough.
- * The folio modes and workloads are a subset of what live.ts measures: the other mTHP sizes add
- * time and no event the fit lacks, and the madv_free workloads are for `vmlab bench madvise`
- * until vmlab models MADV_FREE (pass `folios` / `workloads` to measure them).
+ * The default measurement, about a minute on a 2-vCPU guest (up to a few minutes when its TLB
+ * flushes are slow): the small sizes pin the fixed costs, the large ones the per-page costs.
+ * --quick's is a smoke run of seconds; its profile is rough. Every folio mode and every workload
+ * that live.ts measures: each mTHP size has its own split and fault-allocation stats, and the
+ * MADV_FREE workloads price the lazyfree and split events (`vmlab bench madvise`).
  */
 export const CALIBRATE_DEFAULTS = {
   sizesMiB: [2, 16, 64, 256],
   reps: 5,
-  folios: ["4k", "16k", "64k", "pmd", "pte-mapped-thp"] satisfies LiveFolio[],
-  workloads: ["fork", "munmap", "anon_fault", "cow_fault", "dontneed"] satisfies LiveWorkload[],
+  folios: [...LIVE_FOLIOS] satisfies LiveFolio[],
+  workloads: [...LIVE_WORKLOADS] satisfies LiveWorkload[],
   quick: { sizesMiB: [16], reps: 3 },
 } as const;
 

@@ -9,7 +9,7 @@
 
 import { countsDelta } from "../cost/profile.ts";
 import { type ForkPtCopy, Kernel } from "../mm/kernel.ts";
-import type { ThpPolicy } from "../mm/machine.ts";
+import type { MadviseFreeDesign, ThpPolicy } from "../mm/machine.ts";
 import { ANON_ORDERS, orderSizeName } from "../mm/vmstat.ts";
 import {
   EINVAL,
@@ -44,10 +44,15 @@ export type ModelResult = { counts: Record<string, number> } | { unsupported: st
 
 /**
  * A Kernel set up as the live measurement of `folio` is: batched fork (or `ptCopy`), THP "never" globally and
- * for every size but the asked one, which is "always". RAM is at least 1 GiB and four times the
- * range (cow_fault holds two copies of it).
+ * for every size but the asked one, which is "always", and MADV_FREE batched as 6.18 (or
+ * `madviseFree`). RAM is at least 1 GiB and four times the range (cow_fault holds two copies of it).
  */
-export function bootForFolio(folio: LiveFolio, sizeMiB: number, ptCopy: ForkPtCopy = "batched"): Kernel {
+export function bootForFolio(
+  folio: LiveFolio,
+  sizeMiB: number,
+  ptCopy: ForkPtCopy = "batched",
+  madviseFree: MadviseFreeDesign = "batched",
+): Kernel {
   const orders: Partial<Record<number, ThpPolicy>> = {};
   for (const o of ANON_ORDERS) orders[o] = "never";
   const order = FOLIO_ORDER[folio];
@@ -57,6 +62,7 @@ export function bootForFolio(folio: LiveFolio, sizeMiB: number, ptCopy: ForkPtCo
     ramBytes: gib * 2 ** 30,
     thp: { enabled: "never", orders, useZeroPage: true },
     fork: { ptCopy },
+    madvise: { free: madviseFree },
   });
 }
 

@@ -50,6 +50,15 @@ export const PRIOR_NS: Readonly<Record<string, number>> = {
   thp_split_pmd: 5000,
   thp_deferred_split_page: 100,
   thp_zero_page_alloc: 1000,
+  // MADV_FREE, split and reclaim: a folio batch add and an LRU list move under the lruvec lock;
+  // a vmstat add (pglazyfree counts pages, but is one add per folio); split_folio's fixed work
+  // (rmap walk, refcount freeze, remap), its per-page work being the PTE and mapcount events.
+  lru_move: 50,
+  pglazyfree: 1,
+  pglazyfreed: 1,
+  folio_split: 2000,
+  thp_split_page: 2000,
+  thp_split_page_failed: 200,
 };
 
 /**
@@ -81,6 +90,8 @@ export function priorNs(event: string): number | undefined {
   if (event.endsWith("/anon_fault_alloc")) return PRIOR_NS.thp_fault_alloc;
   if (event.endsWith("/anon_fault_fallback")) return PRIOR_NS.thp_fault_fallback;
   if (event.endsWith("/split_deferred")) return PRIOR_NS.thp_deferred_split_page;
+  if (event.endsWith("/split")) return PRIOR_NS.thp_split_page;
+  if (event.endsWith("/split_failed")) return PRIOR_NS.thp_split_page_failed;
   return undefined;
 }
 

@@ -6,6 +6,7 @@ import { SingleBar } from "cli-progress";
 import { Command, CommanderError } from "commander";
 import { benchCore, formatBenchCore } from "../bench/core.ts";
 import { benchFork, formatBenchFork } from "../bench/fork.ts";
+import { benchMadvise, formatBenchMadvise, MADVISE_FOLIOS } from "../bench/madvise.ts";
 import {
   CALIBRATE_DEFAULTS,
   calibrate,
@@ -171,6 +172,69 @@ bench
       });
       process.stdout.write(
         opts.json ? `${JSON.stringify(rows, null, 2)}\n` : `${formatBenchFork(rows, profile)}\n`,
+      );
+    },
+  );
+
+bench
+  .command("madvise")
+  .description(
+    "MADV_FREE under both designs (split, batched) and MADV_DONTNEED at every folio size: vmlab time, modeled time, splits, the live kernel's time",
+  )
+  .option("--json", "print the rows as JSON")
+  .option("--mib <n>", "the populated range, MiB (even)", "1024")
+  .option("--folios <list>", `folio sizes, from ${MADVISE_FOLIOS.join(",")}`, MADVISE_FOLIOS.join(","))
+  .option("--no-kernel", "do not measure the live kernel (no root needed)")
+  .option("--reps <n>", "repetitions per cell, the median is shown", "3")
+  .option("--profile <name|path>", "cost profile for the modeled times", "default")
+  .action(
+    async (opts: {
+      json?: boolean;
+      mib: string;
+      folios: string;
+      kernel: boolean;
+      reps: string;
+      profile: string;
+    }) => {
+      const profile = loadProfile(opts.profile);
+      const sizeMiB = Number(opts.mib);
+      const reps = Number(opts.reps);
+      const folios = opts.folios.split(",").map((s) => s.trim());
+      const unknown = folios.filter((f) => !(MADVISE_FOLIOS as readonly string[]).includes(f));
+      if (!Number.isInteger(sizeMiB) || sizeMiB < 2 || sizeMiB % 2 || !Number.isInteger(reps) || reps < 1) {
+        process.stderr.write(
+          "vmlab bench madvise: --mib must be an even whole number of MiB (>= 2) and --reps a positive integer\n  Hint: e.g. --mib 1024 --reps 3\n",
+        );
+        process.exitCode = 2;
+        return;
+      }
+      if (unknown.length > 0 || folios.length === 0) {
+        process.stderr.write(
+          `vmlab bench madvise: unknown folio size ${unknown.join(", ") || "(none given)"}\n  Hint: --folios takes a comma-separated list of ${MADVISE_FOLIOS.join(", ")}\n`,
+        );
+        process.exitCode = 2;
+        return;
+      }
+      let live = opts.kernel;
+      if (live) {
+        try {
+          checkKnobAccess([]);
+        } catch (e) {
+          if (!(e instanceof CalibrateRefusal)) throw e;
+          process.stderr.write(`no live-kernel column: ${e.message}\n  Hint: ${e.hint}\n`);
+          live = false;
+        }
+      }
+      const rows = await benchMadvise({
+        profile,
+        sizeMiB,
+        folios: MADVISE_FOLIOS.filter((f) => folios.includes(f)),
+        reps,
+        live,
+        progress: (s) => process.stderr.write(`${s}\n`),
+      });
+      process.stdout.write(
+        opts.json ? `${JSON.stringify(rows, null, 2)}\n` : `${formatBenchMadvise(rows, profile)}\n`,
       );
     },
   );
