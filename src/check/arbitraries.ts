@@ -3,7 +3,7 @@
 
 import fc from "fast-check";
 import { type ForkPtCopy, Kernel } from "../mm/kernel.ts";
-import type { CowReuse, ThpGlobal, ThpPolicy } from "../mm/machine.ts";
+import type { CowReuse, MadviseFreeDesign, ThpGlobal, ThpPolicy } from "../mm/machine.ts";
 import { type AbstractOp, Lockstep } from "./driver.ts";
 
 const nat = (max: number) => fc.nat({ max });
@@ -86,20 +86,46 @@ export const opArb: fc.Arbitrary<AbstractOp> = fc.oneof(
     arbitrary: fc.record({ kind: fc.constant(kind), which: nat(15) }),
   })),
   ...(MREMAP_OPS ? [mremapArb] : []),
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant("reclaim" as const),
+      pages: fc.oneof(fc.integer({ min: 1, max: 64 }), fc.integer({ min: 1, max: 4096 })),
+    }),
+  },
+  { weight: 1, arbitrary: fc.constant({ kind: "splitDeferred" } as const) },
 );
 
 const policyArb = fc.constantFrom<ThpPolicy>("never", "always", "madvise", "inherit");
 
+/**
+ * RAM and swap sizes, MiB. RAM + swap stays >= 2048 pages, so no mprotect here outgrows the
+ * commit limit; the small ones run out of memory and reclaim (swap-out, lazyfree discard,
+ * deferred split) all the time.
+ */
+const MEMORY: [number, number][] = [
+  [8, 0],
+  [16, 0],
+  [64, 0],
+  [4, 4],
+  [4, 16],
+  [2, 8],
+  [8, 8],
+];
+
 /** Random machines with the given COW reuse rule. */
 export const machineArbOf = (cow: CowReuse) =>
-  fc.record({
-    cow: fc.constant(cow),
-    ptCopy: fc.constantFrom<ForkPtCopy>("per-pte", "batched", "cow-pte", "cow-pte-deferred"),
-    ramMiB: fc.constantFrom(8, 16, 64), // >= 2048 pages: no mprotect here outgrows the commit limit
-    enabled: fc.constantFrom("always", "madvise", "never") as fc.Arbitrary<"always" | "madvise" | "never">,
-    useZeroPage: fc.boolean(),
-    orders: fc.record({ 2: policyArb, 4: policyArb, 6: policyArb, 9: policyArb }),
-  });
+  fc
+    .record({
+      cow: fc.constant(cow),
+      ptCopy: fc.constantFrom<ForkPtCopy>("per-pte", "batched", "cow-pte", "cow-pte-deferred"),
+      memory: fc.constantFrom(...MEMORY),
+      madviseFree: fc.constantFrom<MadviseFreeDesign>("batched", "split"),
+      enabled: fc.constantFrom("always", "madvise", "never") as fc.Arbitrary<"always" | "madvise" | "never">,
+      useZeroPage: fc.boolean(),
+      orders: fc.record({ 2: policyArb, 4: policyArb, 6: policyArb, 9: policyArb }),
+    })
+    .map(({ memory, ...rest }): MachineCase => ({ ...rest, ramMiB: memory[0], swapMiB: memory[1] }));
 
 /** Random machines under today's COW rules. */
 export const machineArb = machineArbOf("modern");
@@ -108,6 +134,8 @@ export type MachineCase = {
   cow: CowReuse;
   ptCopy: ForkPtCopy;
   ramMiB: number;
+  swapMiB: number;
+  madviseFree: MadviseFreeDesign;
   enabled: ThpGlobal;
   useZeroPage: boolean;
   orders: Record<number, ThpPolicy>;
@@ -117,6 +145,8 @@ export type MachineCase = {
 export function bootCase(mc: MachineCase): Kernel {
   return new Kernel({
     ramBytes: mc.ramMiB * 2 ** 20,
+    swapBytes: mc.swapMiB * 2 ** 20,
+    madvise: { free: mc.madviseFree },
     thp: { enabled: mc.enabled, useZeroPage: mc.useZeroPage, orders: mc.orders },
     cow: mc.cow,
     fork: { ptCopy: mc.ptCopy },

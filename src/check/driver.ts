@@ -9,12 +9,17 @@ import {
   ENOMEM,
   ERRNO_NAMES,
   isErr,
+  MADV_COLD,
   MADV_DOFORK,
   MADV_DONTFORK,
   MADV_DONTNEED,
+  MADV_FREE,
   MADV_HUGEPAGE,
   MADV_KEEPONFORK,
   MADV_NOHUGEPAGE,
+  MADV_PAGEOUT,
+  MADV_POPULATE_READ,
+  MADV_POPULATE_WRITE,
   MADV_WIPEONFORK,
   MAP_ANONYMOUS,
   MAP_FIXED,
@@ -27,7 +32,7 @@ import {
   PAGE_SIZE,
 } from "../uapi.ts";
 import { audit } from "./audit.ts";
-import { compareWithReference } from "./compare.ts";
+import { compareWithReference, peekContent } from "./compare.ts";
 import { RefModel } from "./reference.ts";
 
 /**
@@ -69,6 +74,8 @@ export type AbstractOp =
       fast: boolean;
     }
   | { kind: "vmsplice"; proc: number; vma: number; off: number; len: number }
+  | { kind: "reclaim"; pages: number }
+  | { kind: "splitDeferred" }
   | { kind: "unpin"; which: number }
   | { kind: "pinread"; which: number }
   | { kind: "piperead"; which: number }
@@ -95,6 +102,15 @@ const ADVICE = [
   MADV_WIPEONFORK,
   MADV_KEEPONFORK,
   MADV_DONTNEED,
+  MADV_DONTNEED,
+  MADV_FREE,
+  MADV_FREE,
+  MADV_FREE,
+  MADV_COLD,
+  MADV_PAGEOUT,
+  MADV_PAGEOUT,
+  MADV_POPULATE_READ,
+  MADV_POPULATE_WRITE,
 ];
 
 /** A vmlab and a reference model run in lockstep. */
@@ -115,13 +131,15 @@ export class Lockstep {
     pipes: 0,
     gupReads: 0,
     mremaps: 0,
+    lazyfree: 0,
+    reclaims: 0,
   };
   /** Live pin and pipe handles, in creation order. */
   private readonly pins: number[] = [];
   private readonly pipes: number[] = [];
 
   constructor(readonly k: Kernel) {
-    this.ref = new RefModel(k.machine.buddy.nrPages);
+    this.ref = new RefModel(k.machine.buddy.nrPages + k.machine.swap.nrSlots);
   }
 
   private pid(i: number): number | undefined {
@@ -232,6 +250,17 @@ export class Lockstep {
       this.gupOp(op.kind, op.which);
       return;
     }
+    if (op.kind === "reclaim") {
+      // Content must not change: the comparison after the step checks it.
+      const freed = k.reclaim(op.pages);
+      if (freed < 0) throw new Error(`reference: reclaim(${op.pages}) returned ${freed}`);
+      this.seen.reclaims++;
+      return;
+    }
+    if (op.kind === "splitDeferred") {
+      k.splitDeferred();
+      return;
+    }
     const pid = this.pid(op.proc);
     if (pid === undefined) return;
     switch (op.kind) {
@@ -261,6 +290,10 @@ export class Lockstep {
         const pages = ret > 0 ? k.pinned(ret) : 0;
         const oom = (ret > 0 ? -k.gupStoppedBy(ret) : ret) === -ENOMEM;
         const max = pin ? Infinity : PIPE_DEF_BUFFERS;
+        // The pages taken are what they are now: settle MADV_FREE'd ones (old content or zero).
+        const first = Math.floor(addr / PAGE_SIZE) * PAGE_SIZE;
+        for (let i = 0; i < pages; i++)
+          this.ref.observe(pid, first + i * PAGE_SIZE, peekContent(k.mm(pid), first + i * PAGE_SIZE));
         this.ref.gup(pid, addr, len, { pin, write, longterm, max }, ret, pages, oom);
         if (oom) this.seen.oom++;
         if (ret > 0) {
@@ -349,15 +382,34 @@ export class Lockstep {
       }
       case "madvise": {
         const addr = this.addr(pid, op.vma, op.off);
-        const advice = ADVICE[op.prot % ADVICE.length];
+        const advice = ADVICE[(op.prot + op.off) % ADVICE.length];
         const len = op.len * PAGE_SIZE;
         const before = this.cowPteEnomem();
+        const oomBefore = k.machine.stat.get("oom");
         const ret = k.madvise(pid, addr, len, advice);
         if (this.failedCowPteBreak(before, ret)) return;
-        const want =
-          advice === MADV_DONTNEED
-            ? this.ref.dontneed(pid, addr, len)
-            : this.ref.madvise(pid, addr, len, RefModel.forkAdvice(advice));
+        if (advice === MADV_POPULATE_READ || advice === MADV_POPULATE_WRITE) {
+          const write = advice === MADV_POPULATE_WRITE;
+          const want = this.ref.populate(pid, addr, len, write);
+          const oom = k.machine.stat.get("oom") > oomBefore;
+          if (oom) this.seen.oom++;
+          // Out of memory, population may stop anywhere; what it reached is not known here.
+          if (oom && ret === -ENOMEM) return;
+          this.expectRet("madvise(MADV_POPULATE)", ret, -want.errno);
+          if (write)
+            for (let i = 0; i < want.pages; i++) {
+              const a = addr + i * PAGE_SIZE;
+              this.ref.observe(pid, a, peekContent(k.mm(pid), a), true);
+            }
+          return;
+        }
+        let want: number;
+        if (advice === MADV_DONTNEED) want = this.ref.dontneed(pid, addr, len);
+        else if (advice === MADV_FREE) {
+          want = this.ref.free(pid, addr, len);
+          this.seen.lazyfree++;
+        } else if (advice === MADV_COLD || advice === MADV_PAGEOUT) want = this.ref.madvise(pid, addr, len);
+        else want = this.ref.madvise(pid, addr, len, RefModel.forkAdvice(advice));
         this.expectRet("madvise", ret, want);
         return;
       }

@@ -13,6 +13,13 @@
 //   vmsplice pipe  (FOLL_GET, no unshare) sees the content at splice time or anything written
 //                  to that cell since: never another process's private data.
 //
+// MADV_FREE makes a private page's cell "old content or zero" (Cell.lazy) until the process
+// writes it (then it is exact again) or is seen reading zero (reclaim discarded it: zero from
+// then on). fork hands the child the same uncertainty, since the child maps the same clean
+// lazyfree folio. Where vmlab must commit to one of the two (a pin or pipe takes the page,
+// MADV_POPULATE_WRITE dirties it), the driver tells the model what vmlab holds (observe), and
+// the model checks that it is one of the two.
+//
 // It also predicts the errno of the simple argument errors, where an access stops with SIGSEGV
 // or SIGBUS, and how many pages a GUP call takes. It cannot predict memory exhaustion: when
 // vmlab reports VM_FAULT_OOM, the model accepts the pages completed before it.
@@ -42,6 +49,11 @@ interface Cell {
   tag: number;
   /** Tags written since the first watcher arrived (null: nobody watches). */
   log: number[] | null;
+  /**
+   * MADV_FREE'd and not written since: reclaim may discard the page at any time, so a read
+   * returns `tag` or zero. The first zero seen makes it zero for good.
+   */
+  lazy: boolean;
 }
 
 interface RefPage {
@@ -126,7 +138,8 @@ export class RefModel {
       if (page.dontfork) continue;
       c.pages.set(vpn, { ...page });
       const cell = p.priv.get(vpn);
-      if (page.obj === 0 && cell !== undefined && !page.wipe) c.priv.set(vpn, { tag: cell.tag, log: null });
+      if (page.obj === 0 && cell !== undefined && !page.wipe)
+        c.priv.set(vpn, { tag: cell.tag, log: null, lazy: cell.lazy });
     }
     this.procs.set(child, c);
   }
@@ -281,6 +294,73 @@ export class RefModel {
     return ret;
   }
 
+  /**
+   * MADV_FREE: every private page of the range that holds data reads its data or zero from now
+   * on, until it is written. EINVAL at once for a shared page (MADV_FREE needs an anonymous
+   * VMA; the pages before it are advised), ENOMEM when a page is unmapped (after the others).
+   */
+  free(pid: number, addr: number, len: number): number {
+    if (addr % PAGE_SIZE !== 0) return -EINVAL;
+    const size = Math.ceil(len / PAGE_SIZE) * PAGE_SIZE;
+    const p = this.proc(pid);
+    let ret = 0;
+    for (let a = addr; a < addr + size; a += PAGE_SIZE) {
+      const page = p.pages.get(a / PAGE_SIZE);
+      if (page === undefined) {
+        ret = -ENOMEM;
+        continue;
+      }
+      if (page.obj !== 0) return -EINVAL;
+      const c = p.priv.get(a / PAGE_SIZE);
+      if (c !== undefined && c.tag !== 0) c.lazy = true;
+    }
+    return ret;
+  }
+
+  /**
+   * MADV_POPULATE_READ/WRITE: the errno it must return and the pages it must populate first.
+   * Pages are populated in order until one is unmapped (ENOMEM), lacks the right (PROT_WRITE
+   * for a write, PROT_READ for a read: EFAULT) or lies past a shared object's end (SIGBUS:
+   * EFAULT).
+   */
+  populate(pid: number, addr: number, len: number, write: boolean): { errno: number; pages: number } {
+    if (addr % PAGE_SIZE !== 0) return { errno: EINVAL, pages: 0 };
+    const size = Math.ceil(len / PAGE_SIZE) * PAGE_SIZE;
+    const p = this.proc(pid);
+    let n = 0;
+    for (let a = addr; a < addr + size; a += PAGE_SIZE, n++) {
+      const page = p.pages.get(a / PAGE_SIZE);
+      if (page === undefined) return { errno: ENOMEM, pages: n };
+      if (!(page.prot & (write ? PROT_WRITE : PROT_READ))) return { errno: EFAULT, pages: n };
+      if (this.accessFault(page, write) !== null) return { errno: EFAULT, pages: n };
+    }
+    return { errno: 0, pages: n };
+  }
+
+  /**
+   * vmlab shows `got` as the content of the page at addr: checks it against the model and
+   * settles an MADV_FREE'd cell (zero: discarded, for good). With `written`, the page was
+   * dirtied without new data (MADV_POPULATE_WRITE): whatever it holds now stays.
+   */
+  observe(pid: number, addr: number, got: number | null, written = false): void {
+    const p = this.proc(pid);
+    const vpn = Math.floor(addr / PAGE_SIZE);
+    const page = p.pages.get(vpn);
+    const c = page?.obj === 0 ? p.priv.get(vpn) : undefined;
+    if (c?.lazy) {
+      if (got !== c.tag && got !== 0)
+        fail(`pid ${pid} page ${hex(vpn * PAGE_SIZE)} holds ${got}; after MADV_FREE only ${c.tag} or 0`);
+      if (got === 0) {
+        c.tag = 0;
+        c.lazy = false;
+      }
+      if (written) c.lazy = false;
+      return;
+    }
+    const want = this.content(pid, addr);
+    if (got !== want) fail(`pid ${pid} page ${hex(vpn * PAGE_SIZE)} holds ${got}, the model ${want}`);
+  }
+
   /** The advice whose effect on fork the model tracks, by MADV_* value. */
   static forkAdvice(advice: number): { dontfork?: boolean; wipe?: boolean } | undefined {
     return {
@@ -387,7 +467,7 @@ export class RefModel {
     if (page.obj === 0) {
       let c = p.priv.get(vpn);
       if (c === undefined) {
-        c = { tag: 0, log: null };
+        c = { tag: 0, log: null, lazy: false };
         p.priv.set(vpn, c);
       }
       return c;
@@ -396,7 +476,7 @@ export class RefModel {
     const obj = this.objects.get(page.obj)!;
     let c = obj.cells.get(page.index);
     if (c === undefined) {
-      c = { tag: 0, log: null };
+      c = { tag: 0, log: null, lazy: false };
       obj.cells.set(page.index, c);
     }
     return c;
@@ -457,11 +537,10 @@ export class RefModel {
         // Non-null: the loop above saw every one of these pages mapped.
         const c = this.cell(p, vpn)!;
         c.tag = tag;
+        c.lazy = false;
         c.log?.push(tag);
       } else {
-        const want = this.content(pid, vpn * PAGE_SIZE);
-        if (got.tags[i] !== want)
-          fail(`pid ${pid} read ${got.tags[i]} at ${hex(vpn * PAGE_SIZE)}, the model says ${want}`);
+        this.observe(pid, vpn * PAGE_SIZE, got.tags[i]);
       }
     }
   }

@@ -26,7 +26,7 @@ import { _PAGE_ACCESSED, _PAGE_DIRTY, _PAGE_PRESENT, _PAGE_RW, type PageTable } 
 import { deferredSplitScan } from "./split.ts";
 import { VM_ACCESS_FLAGS, VM_WRITE } from "./vma.ts";
 import { releaseVma } from "./vma-ops.ts";
-import { SWAP_CLUSTER_MAX, tryToFreePages } from "./vmscan.ts";
+import { MAX_RECLAIM_RETRIES, SWAP_CLUSTER_MAX, tryToFreePages, wakeupKswapd } from "./vmscan.ts";
 import { EV } from "./vmstat.ts";
 
 /**
@@ -169,24 +169,25 @@ export class Kernel {
    * fork(): a new process whose address space is a copy of pid's (dup_mmap, with the page-table
    * copy of the fork design in force). Returns the child's pid, or -ENOMEM, in which case the
    * half-built child is torn down (as mmput does) and the parent's entries stay write-protected,
-   * as in Linux. Under memory pressure fork reclaims as a fault does (handleMmFault): up to the
-   * high watermark first when free memory is below the low one, and, when the copy runs out of
-   * memory, SWAP_CLUSTER_MAX pages before it is retried whole with the same child pid.
+   * as in Linux. Under memory pressure fork reclaims as a fault does (handleMmFault): kswapd's
+   * work first when free memory is below the low watermark, and, when the copy runs out of
+   * memory, SWAP_CLUSTER_MAX pages before it is retried whole with the same child pid (at most
+   * MAX_RECLAIM_RETRIES times).
    */
   fork(pid: number): number {
     const parent = this.mm(pid);
     const m = this.machine;
     m.stat.inc(EV.syscall);
     m.stat.inc(EV.mmap_lock, 2); // dup_mmap write-locks the parent's and the child's
-    const free = m.buddy.freePages();
-    if (free < m.wmark.low) tryToFreePages(m, m.wmark.high - free);
-    for (;;) {
+    wakeupKswapd(m);
+    for (let tries = 0; ; tries++) {
       const child = this.createProcess();
       if (child < 0) return child;
       const r = dupMmap(this.mm(child), parent, FORK_PT_COPY[this.forkPtCopy]);
       if (r >= 0) return child;
       this.exit(child);
-      if (r !== -ENOMEM || tryToFreePages(m, SWAP_CLUSTER_MAX) === 0) return r;
+      if (r !== -ENOMEM || tries >= MAX_RECLAIM_RETRIES || tryToFreePages(m, SWAP_CLUSTER_MAX) === 0)
+        return r;
       this.nextPid = child;
     }
   }

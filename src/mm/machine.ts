@@ -89,6 +89,8 @@ export class Machine {
   readonly madviseFree: MadviseFreeDesign;
   /** The zone watermarks in pages (vmscan.ts watermarks): reclaim starts below `low`. */
   readonly wmark: { min: number; low: number; high: number };
+  /** kswapd passes in a row that freed nothing (pgdat->kswapd_failures, vmscan.ts). */
+  kswapdFailures = 0;
   /** The swap device (nrSlots 0 when there is none). */
   readonly swap: SwapInfo;
   /**

@@ -257,7 +257,7 @@ function madviseFreeHugePmd(mm: Mm, pmd: PageTable, i: number, addr: number, nex
  *   (folio_mapcount == nr pages), else skipped; its PTEs lose young and dirty; it becomes
  *   lazyfree.
  */
-function madviseFreePteRange(mm: Mm, pte: PageTable, addr: number, end: number): void {
+function madviseFreePteRange(mm: Mm, pte: PageTable, addr: number, end: number): boolean {
   const m = mm.machine;
   const mem = m.memmap;
   const split = m.madviseFree === "split";
@@ -289,7 +289,7 @@ function madviseFreePteRange(mm: Mm, pte: PageTable, addr: number, end: number):
     let young = (lo & _PAGE_ACCESSED) !== 0;
     if (order > 0) {
       if (split) {
-        if (folioMaybeMappedShared(m, head) || splitFolio(m, head) !== 0) return;
+        if (folioMaybeMappedShared(m, head) || splitFolio(m, head) !== 0) return flushed;
         nr = 0; // look at this PTE again: it maps an order-0 folio now
         continue;
       }
@@ -325,11 +325,15 @@ function madviseFreePteRange(mm: Mm, pte: PageTable, addr: number, end: number):
     }
     folioMarkLazyfree(m, head);
   }
-  if (flushed) m.stat.inc(EV.tlb_flush);
+  return flushed;
 }
 
-/** madvise_free_single_vma: the MADV_FREE page walk over [start, end) of an anon VMA. */
+/**
+ * madvise_free_single_vma: the MADV_FREE page walk over [start, end) of an anon VMA. The PTEs it
+ * cleans go into one mmu_gather (tlb_remove_tlb_entries), flushed once at tlb_finish_mmu.
+ */
 function madviseFreeRange(mm: Mm, vma: Vma, start: number, end: number): void {
+  let flush = false;
   for (let addr = start, next: number; addr < end; addr = next) {
     next = pmdAddrEnd(addr, end);
     const pmd = pmdOffset(mm, addr);
@@ -342,8 +346,9 @@ function madviseFreeRange(mm: Mm, vma: Vma, start: number, end: number): void {
     if (isPmdLeaf(pmd, i) && madviseFreeHugePmd(mm, pmd, i, addr, next)) continue;
     if (isPmdLeaf(pmd, i)) continue; // the huge zero page, or a shared THP
     // Non-null: a present non-leaf PMD entry has its table.
-    madviseFreePteRange(mm, pmd.child(i)!, addr, next);
+    if (madviseFreePteRange(mm, pmd.child(i)!, addr, next)) flush = true;
   }
+  if (flush) mm.machine.stat.inc(EV.tlb_flush);
   void vma;
 }
 
@@ -462,7 +467,9 @@ function madvisePopulate(mm: Mm, start: number, end: number, write: boolean): nu
     if (vma === undefined) return -ENOMEM;
     // check_vma_flags: a write needs VM_WRITE, a read VM_READ.
     if (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_READ)) return -EFAULT;
-    for (let tries = 0; mmuTranslate(mm, addr, write, false) < 0; tries++) {
+    // FOLL_TOUCH: a write marks the page dirty (follow_page_pte's folio_mark_dirty; the dirty
+    // PTE says the same), so a lazyfree page populated for writing is not discarded.
+    for (let tries = 0; mmuTranslate(mm, addr, write, write) < 0; tries++) {
       if (tries > 3) throw new Error(`madvisePopulate: fault at ${addr} did not map the page`);
       const r = handleMmFault(mm, vma, addr, write ? FAULT_FLAG_WRITE : 0);
       if (r & VM_FAULT_OOM) return -ENOMEM;

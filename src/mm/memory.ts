@@ -59,7 +59,7 @@ import {
   swapPteSlot,
 } from "./swap.ts";
 import { VM_MAYSHARE, VM_SHARED, VM_WRITE, type Vma, vmPageProtLo, vmPageProtNx } from "./vma.ts";
-import { SWAP_CLUSTER_MAX, tryToFreePages } from "./vmscan.ts";
+import { MAX_RECLAIM_RETRIES, SWAP_CLUSTER_MAX, tryToFreePages, wakeupKswapd } from "./vmscan.ts";
 import { EV } from "./vmstat.ts";
 
 export const FAULT_FLAG_WRITE = 0x01;
@@ -79,18 +79,20 @@ const FAULT_AROUND_PAGES = 16;
  * reclaim could free nothing more.
  *
  * Memory pressure, as vmlab models it (vmscan.ts): a fault that starts with free memory below
- * the low watermark reclaims up to the high watermark first (kswapd's work, done in line); a
- * fault that runs out of memory unwinds, reclaims SWAP_CLUSTER_MAX pages (direct reclaim,
- * __alloc_pages_direct_reclaim) and is retried while reclaim makes progress. Reclaim runs
- * only here, between faults, never while a walker holds a page table.
+ * the low watermark first does kswapd's work in line (wakeupKswapd); a fault that runs out of
+ * memory unwinds, reclaims SWAP_CLUSTER_MAX pages (direct reclaim,
+ * __alloc_pages_direct_reclaim) and is retried while reclaim makes progress, at most
+ * MAX_RECLAIM_RETRIES times. Reclaim runs only here, between faults, never while a walker holds
+ * a page table.
  */
 export function handleMmFault(mm: Mm, vma: Vma, addr: number, flags: number): number {
   const m = mm.machine;
-  const free = m.buddy.freePages();
-  if (free < m.wmark.low) tryToFreePages(m, m.wmark.high - free);
+  wakeupKswapd(m);
   let ret = handleMmFaultOnce(mm, vma, addr, flags);
-  while (ret & VM_FAULT_OOM && tryToFreePages(m, SWAP_CLUSTER_MAX) > 0)
+  for (let tries = 0; ret & VM_FAULT_OOM && tries < MAX_RECLAIM_RETRIES; tries++) {
+    if (tryToFreePages(m, SWAP_CLUSTER_MAX) === 0) break;
     ret = handleMmFaultOnce(mm, vma, addr, flags);
+  }
   if (ret & VM_FAULT_OOM) m.stat.inc(EV.oom);
   return ret;
 }
@@ -272,7 +274,13 @@ function doSwapPage(mm: Mm, vma: Vma, pte: PageTable, j: number, addr: number, f
   }
   pte.set(j, mkLo(pfn, bits), mkHi(pfn, vmPageProtNx(vma.flags)));
   m.stat.inc(EV.pte_write);
-  return done ? 0 : doWpPage(mm, vma, pte, j, addr, false);
+  if (!done) return doWpPage(mm, vma, pte, j, addr, false);
+  // Differs from Linux: an unshare fault (a R/O pin) that mapped the page shared goes on to
+  // unshare it here; Linux returns, and GUP's retry faults again. In between, vmlab's reclaim
+  // (which runs at the start of every fault under pressure) could swap the page out again, and
+  // so forever.
+  if (flags & FAULT_FLAG_UNSHARE && !exclusive) return doWpPage(mm, vma, pte, j, addr, true);
+  return 0;
 }
 
 /**

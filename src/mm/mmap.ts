@@ -118,10 +118,10 @@ function roundHintToMin(hint: number): number {
 
 /**
  * __vm_enough_memory with vm.overcommit_memory = 0 (OVERCOMMIT_GUESS): a single request may not
- * exceed total RAM plus swap (there is no swap yet).
+ * exceed total RAM plus swap.
  */
 export function vmEnoughMemory(mm: Mm, pages: number): boolean {
-  return pages <= mm.machine.buddy.nrPages;
+  return pages <= mm.machine.buddy.nrPages + mm.machine.swap.nrSlots;
 }
 
 /**

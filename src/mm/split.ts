@@ -125,7 +125,7 @@ export function splitFolio(m: Machine, head: number): number {
   m.stat.inc(EV.pte_write, 2 * mapped); // migration entries installed, then removed
   m.stat.inc(EV.mapcount_update, 2 * mapped);
   m.stat.inc(EV.ref_update, nr);
-  m.stat.inc(EV.tlb_flush);
+  m.stat.inc(EV.tlb_flush, mapped); // try_to_migrate_one: ptep_clear_flush per PTE (no batching)
   if (order === HPAGE_PMD_ORDER) m.stat.inc(EV.thp_split_page);
   m.stat.incOrder("split", order);
   return 0;

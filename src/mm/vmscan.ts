@@ -18,6 +18,7 @@ import {
   PG_swapbacked,
   PG_swapcache,
 } from "../phys/memmap.ts";
+import { PAGE_SIZE } from "../uapi.ts";
 import { zapHugePmd } from "./huge-memory.ts";
 import { LRU_ACTIVE_ANON, LRU_ACTIVE_FILE, LRU_INACTIVE_ANON, LRU_INACTIVE_FILE, lruMove } from "./lru.ts";
 import type { Machine } from "./machine.ts";
@@ -30,6 +31,12 @@ import { swapOutFolio } from "./swap.ts";
 import { EV } from "./vmstat.ts";
 
 export const SWAP_CLUSTER_MAX = 32;
+/**
+ * MAX_RECLAIM_RETRIES: kswapd gives up after this many passes in a row that freed nothing
+ * (pgdat->kswapd_failures), until some reclaim frees pages again; and vmlab retries one fault
+ * at most this many times after direct reclaim (should_reclaim_retry's bound on futile loops).
+ */
+export const MAX_RECLAIM_RETRIES = 16;
 const DEF_PRIORITY = 12;
 
 /**
@@ -98,10 +105,13 @@ function folioCheckReferences(m: Machine, head: number, hits: RmapHit[]): FolioR
 }
 
 /**
- * try_to_unmap for a lazyfree (MADV_FREE'd, clean, not swap-backed) anon folio, mapping by
- * mapping in rmap order, as try_to_unmap_one's "MADV_FREE page check": a dirty PTE or folio means
- * it was written again, so it is swap-backed again and the walk stops (walk_abort); a reference
- * other than the mappings (a pin, a pipe) stops it too; a clean mapping is dropped (discard).
+ * try_to_unmap for a lazyfree (MADV_FREE'd, not swap-backed) anon folio, as try_to_unmap_one's
+ * "MADV_FREE page check" in Linux 6.18. The mappings are taken in rmap order, a PTE-mapped large
+ * folio in batches (folio_unmap_pte_batch: consecutive PTEs of one table and VMA mapping
+ * consecutive pages). A batch with a dirty PTE, or a dirty folio, was written since MADV_FREE:
+ * its PTEs are put back with the batch's merged dirty and young bits (set_ptes of the gathered
+ * pteval), the folio is swap-backed again and the walk stops (walk_abort). A reference other
+ * than the mappings (a pin, a pipe) stops it too. A clean batch is dropped (discard).
  * Returns true when no mapping is left.
  */
 function tryToUnmapLazyfree(m: Machine, head: number, hits: RmapHit[]): boolean {
@@ -109,11 +119,31 @@ function tryToUnmapLazyfree(m: Machine, head: number, hits: RmapHit[]): boolean 
   for (const hit of hits) {
     if (locate(hit).shared) return false;
   }
-  for (const hit of hits) {
+  for (let h = 0, nr = 1; h < hits.length; h += nr) {
+    const hit = hits[h];
     const { t, j } = locate(hit);
-    const lo = t.lo(j);
-    if (lo & _PAGE_DIRTY) mem.set(head, PG_dirty);
+    nr = 1;
+    if (!hit.pmd) {
+      // folio_unmap_pte_batch: the run of PTEs in this table and VMA mapping the next pages.
+      while (h + nr < hits.length) {
+        const n = hits[h + nr];
+        if (n.pmd || n.mm !== hit.mm || n.vma !== hit.vma || n.pfn !== hit.pfn + nr) break;
+        if (n.addr !== hit.addr + nr * PAGE_SIZE || pteIndex(n.addr) !== j + nr) break;
+        nr++;
+      }
+    }
+    let bits = 0;
+    for (let k = 0; k < nr; k++) bits |= t.lo(j + k) & (_PAGE_DIRTY | _PAGE_ACCESSED);
+    m.stat.inc(EV.pte_read, nr);
+    if (bits & _PAGE_DIRTY) mem.set(head, PG_dirty);
     if (mem.test(head, PG_dirty)) {
+      for (let k = 0; k < nr; k++) {
+        const lo = t.lo(j + k);
+        if ((lo | bits) !== lo) {
+          t.set(j + k, (lo | bits) >>> 0, t.hi(j + k));
+          m.stat.inc(hit.pmd ? EV.pmd_write : EV.pte_write);
+        }
+      }
       lruMove(m, head, mem.flags(head) | PG_swapbacked); // folio_set_swapbacked: written again
       return false;
     }
@@ -122,11 +152,11 @@ function tryToUnmapLazyfree(m: Machine, head: number, hits: RmapHit[]): boolean 
     if (hit.pmd) {
       zapHugePmd(hit.mm, t, j); // __discard_anon_folio_pmd_locked
     } else {
-      t.clear(j);
-      m.stat.inc(EV.pte_write);
-      folioRemoveRmapPtes(hit.mm, head, hit.pfn, 1);
-      hit.mm.rss[MM_ANONPAGES]--;
-      m.folioPut(head);
+      for (let k = 0; k < nr; k++) t.clear(j + k);
+      m.stat.inc(EV.pte_write, nr);
+      folioRemoveRmapPtes(hit.mm, head, hit.pfn, nr);
+      hit.mm.rss[MM_ANONPAGES] -= nr;
+      for (let k = 0; k < nr; k++) m.folioPut(head);
     }
     m.stat.inc(EV.tlb_flush);
   }
@@ -265,10 +295,25 @@ export function tryToFreePages(m: Machine, nrToReclaim: number): number {
       const scan = Math.max(Math.floor(size / 2 ** priority), Math.min(size, SWAP_CLUSTER_MAX));
       if (lru.nrPages[inactive] < lru.nrPages[active]) shrinkActiveList(m, active, scan);
       shrinkInactiveList(m, inactive, scan);
-      if (m.buddy.freePages() - before >= nrToReclaim) return m.buddy.freePages() - before;
+      if (m.buddy.freePages() - before >= nrToReclaim) {
+        m.kswapdFailures = 0;
+        return m.buddy.freePages() - before;
+      }
     }
     if (m.deferredSplit.size > 0) deferredSplitScan(m);
     if (m.buddy.freePages() - before >= nrToReclaim) break;
   }
-  return Math.max(0, m.buddy.freePages() - before);
+  const freed = Math.max(0, m.buddy.freePages() - before);
+  if (freed > 0) m.kswapdFailures = 0;
+  return freed;
+}
+
+/**
+ * wakeup_kswapd, with kswapd's work done in line: below the low watermark, reclaims up to the
+ * high one (balance_pgdat), unless kswapd has failed MAX_RECLAIM_RETRIES times in a row.
+ */
+export function wakeupKswapd(m: Machine): void {
+  const free = m.buddy.freePages();
+  if (free >= m.wmark.low || m.kswapdFailures >= MAX_RECLAIM_RETRIES) return;
+  if (tryToFreePages(m, m.wmark.high - free) === 0) m.kswapdFailures++;
 }
