@@ -44,7 +44,7 @@ import type { Machine } from "./machine.ts";
 import { FAULT_FLAG_WRITE, handleMmFault, unmapPageRange } from "./memory.ts";
 import { MM_SWAPENTS, type Mm } from "./mm.ts";
 import { mmuTranslate } from "./mmu.ts";
-import { isPmdLeaf, pmdOffset } from "./pgalloc.ts";
+import { forEachPmd, isPmdLeaf } from "./pgalloc.ts";
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
@@ -52,8 +52,6 @@ import {
   entryPfn,
   folioRunLength,
   type PageTable,
-  pmdAddrEnd,
-  pmdIndex,
   pteIndex,
   pteMapped,
 } from "./pgtable.ts";
@@ -172,12 +170,12 @@ export function sysMadvise(mm: Mm, start: number, len: number, advice: number): 
     if (advice === MADV_FREE) {
       // MADV_FREE works for anon VMAs only (madvise_free_single_vma).
       if (!vma.isAnonymous()) return -EINVAL;
-      madviseFreeRange(mm, vma, from, to);
+      madviseFreeRange(mm, from, to);
       addr = to;
       continue;
     }
     if (advice === MADV_COLD || advice === MADV_PAGEOUT) {
-      madviseColdOrPageout(mm, vma, from, to, advice === MADV_PAGEOUT);
+      madviseColdOrPageout(mm, from, to, advice === MADV_PAGEOUT);
       addr = to;
       continue;
     }
@@ -332,24 +330,17 @@ function madviseFreePteRange(mm: Mm, pte: PageTable, addr: number, end: number):
  * madvise_free_single_vma: the MADV_FREE page walk over [start, end) of an anon VMA. The PTEs it
  * cleans go into one mmu_gather (tlb_remove_tlb_entries), flushed once at tlb_finish_mmu.
  */
-function madviseFreeRange(mm: Mm, vma: Vma, start: number, end: number): void {
+function madviseFreeRange(mm: Mm, start: number, end: number): void {
   let flush = false;
-  for (let addr = start, next: number; addr < end; addr = next) {
-    next = pmdAddrEnd(addr, end);
-    const pmd = pmdOffset(mm, addr);
-    if (pmd === undefined) {
-      next = Math.min(end, (Math.floor(addr / 2 ** 30) + 1) * 2 ** 30);
-      continue;
+  forEachPmd(mm, start, end, (pmd, i, addr, next) => {
+    if (isPmdLeaf(pmd, i)) {
+      madviseFreeHugePmd(mm, pmd, i, addr, next); // false: the huge zero page, or a shared THP
+      if (isPmdLeaf(pmd, i)) return; // not split: nothing for the PTE walk
     }
-    const i = pmdIndex(addr);
-    if (pmd.none(i)) continue;
-    if (isPmdLeaf(pmd, i) && madviseFreeHugePmd(mm, pmd, i, addr, next)) continue;
-    if (isPmdLeaf(pmd, i)) continue; // the huge zero page, or a shared THP
     // Non-null: a present non-leaf PMD entry has its table.
     if (madviseFreePteRange(mm, pmd.child(i)!, addr, next)) flush = true;
-  }
+  });
   if (flush) mm.machine.stat.inc(EV.tlb_flush);
-  void vma;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -381,26 +372,18 @@ function coldOrPageoutFolio(m: Machine, head: number, pageout: boolean, list: nu
  * list; MADV_PAGEOUT reclaims it at once, young or not (reclaim_pages), swapping anon folios out
  * when there is swap, and putting back what it could not reclaim.
  */
-function madviseColdOrPageout(mm: Mm, vma: Vma, start: number, end: number, pageout: boolean): void {
+function madviseColdOrPageout(mm: Mm, start: number, end: number, pageout: boolean): void {
   const m = mm.machine;
   const mem = m.memmap;
   const list: number[] = [];
-  for (let addr = start, next: number; addr < end; addr = next) {
-    next = pmdAddrEnd(addr, end);
-    const pmd = pmdOffset(mm, addr);
-    if (pmd === undefined) {
-      next = Math.min(end, (Math.floor(addr / 2 ** 30) + 1) * 2 ** 30);
-      continue;
-    }
-    const i = pmdIndex(addr);
-    if (pmd.none(i)) continue;
+  forEachPmd(mm, start, end, (pmd, i, addr, next) => {
     if (isPmdLeaf(pmd, i)) {
       const lo = pmd.lo(i);
       const head = entryPfn(lo, pmd.hi(i));
-      if (head === m.hugeZeroPfn || folioMaybeMappedShared(m, head)) continue;
+      if (head === m.hugeZeroPfn || folioMaybeMappedShared(m, head)) return;
       if (next - addr !== PMD_SIZE) {
         splitFolio(m, head);
-        if (isPmdLeaf(pmd, i)) continue;
+        if (isPmdLeaf(pmd, i)) return;
       } else {
         if (!pageout && lo & _PAGE_ACCESSED) {
           pmd.set(i, (lo & ~_PAGE_ACCESSED) >>> 0, pmd.hi(i));
@@ -408,7 +391,7 @@ function madviseColdOrPageout(mm: Mm, vma: Vma, start: number, end: number, page
           m.stat.inc(EV.tlb_flush);
         }
         coldOrPageoutFolio(m, head, pageout, list);
-        continue;
+        return;
       }
     }
     // Non-null: a present non-leaf PMD entry has its table.
@@ -446,9 +429,8 @@ function madviseColdOrPageout(mm: Mm, vma: Vma, start: number, end: number, page
       }
       coldOrPageoutFolio(m, head, pageout, list);
     }
-  }
+  });
   if (pageout && list.length > 0) shrinkFolioList(m, list, true);
-  void vma;
 }
 
 // ---------------------------------------------------------------------------------------------

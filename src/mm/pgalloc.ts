@@ -77,6 +77,28 @@ export function pmdOffset(mm: Mm, addr: number): PageTable | undefined {
   return mm.pgd.child(pgdIndex(addr))?.child(pudIndex(addr));
 }
 
+/**
+ * walk_pmd_range's skeleton: calls fn for each PMD entry of [start, end) that is not none, with
+ * the part [addr, next) of the range it covers. A missing PMD table skips its whole 1 GiB.
+ */
+export function forEachPmd(
+  mm: Mm,
+  start: number,
+  end: number,
+  fn: (pmd: PageTable, i: number, addr: number, next: number) => void,
+): void {
+  for (let addr = start, next: number; addr < end; addr = next) {
+    next = pmdAddrEnd(addr, end);
+    const pmd = pmdOffset(mm, addr);
+    if (pmd === undefined) {
+      next = Math.min(end, (Math.floor(addr / PUD_SIZE) + 1) * PUD_SIZE);
+      continue;
+    }
+    const i = pmdIndex(addr);
+    if (!pmd.none(i)) fn(pmd, i, addr, next);
+  }
+}
+
 /** a - 1 > b - 1 in unsigned long arithmetic, where 0 stands for 2^64 (USER_PGTABLES_CEILING). */
 function pastCeiling(end: number, ceiling: number): boolean {
   return ceiling !== 0 && end - 1 > ceiling - 1;
