@@ -95,13 +95,16 @@ export function nnls(A: readonly number[][], b: readonly number[], tol?: number)
     norm1 = Math.max(norm1, s);
   }
   const eps = tol ?? 10 * Number.EPSILON * norm1 * Math.max(m, n);
+  // A column whose squared norm underflows to 0 (subnormal entries) is numerically zero: its
+  // least-squares subproblem would divide by 0. It never enters the passive set, so x_j = 0.
+  const usable = Array.from({ length: n }, (_, j) => A.reduce((s, row) => s + row[j] * row[j], 0) > 0);
   const x = new Array<number>(n).fill(0);
   const passive = new Array<boolean>(n).fill(false);
   let iterations = 0;
   for (; iterations < 3 * n; iterations++) {
     const w = gradient(A, b, x);
     let t = -1;
-    for (let j = 0; j < n; j++) if (!passive[j] && w[j] > eps && (t < 0 || w[j] > w[t])) t = j;
+    for (let j = 0; j < n; j++) if (!passive[j] && usable[j] && w[j] > eps && (t < 0 || w[j] > w[t])) t = j;
     if (t < 0) break;
     passive[t] = true;
     for (;;) {
