@@ -104,6 +104,21 @@ program
     process.exitCode = 1;
   });
 
+/**
+ * Whether a benchmark can add its live-kernel column: the THP knobs are readable and writable
+ * (root, Linux). When not, says why on stderr, with a hint, and the benchmark runs without it.
+ */
+function liveKernelColumn(): boolean {
+  try {
+    checkKnobAccess([]);
+    return true;
+  } catch (e) {
+    if (!(e instanceof CalibrateRefusal)) throw e;
+    process.stderr.write(`no live-kernel column: ${e.message}\n  Hint: ${e.hint}\n`);
+    return false;
+  }
+}
+
 const bench = program.command("bench").description("benchmarks (never run by the tests)");
 bench
   .command("core")
@@ -151,16 +166,7 @@ bench
         process.exitCode = 2;
         return;
       }
-      let live = opts.kernel;
-      if (live) {
-        try {
-          checkKnobAccess([]);
-        } catch (e) {
-          if (!(e instanceof CalibrateRefusal)) throw e;
-          process.stderr.write(`no live-kernel column: ${e.message}\n  Hint: ${e.hint}\n`);
-          live = false;
-        }
-      }
+      const live = opts.kernel && liveKernelColumn();
       const rows = await benchFork({
         profile,
         sizesMiB,
@@ -215,16 +221,7 @@ bench
         process.exitCode = 2;
         return;
       }
-      let live = opts.kernel;
-      if (live) {
-        try {
-          checkKnobAccess([]);
-        } catch (e) {
-          if (!(e instanceof CalibrateRefusal)) throw e;
-          process.stderr.write(`no live-kernel column: ${e.message}\n  Hint: ${e.hint}\n`);
-          live = false;
-        }
-      }
+      const live = opts.kernel && liveKernelColumn();
       const rows = await benchMadvise({
         profile,
         sizeMiB,
