@@ -8,11 +8,15 @@ import { loadScenario } from "../src/scenario/load.ts";
 import { runScenario } from "../src/scenario/run.ts";
 
 const EXAMPLES = fileURLToPath(new URL("../examples/", import.meta.url));
-const files = readdirSync(EXAMPLES)
-  .filter((f) => f.endsWith(".yaml"))
-  .sort();
+/** examples/*.yaml and examples/kernel/*.yaml (the `vmlab diff` scenarios), as paths under examples/. */
+const files = ["", "kernel/"].flatMap((dir) =>
+  readdirSync(`${EXAMPLES}${dir}`)
+    .filter((f) => f.endsWith(".yaml"))
+    .sort()
+    .map((f) => `${dir}${f}`),
+);
 
-describe("examples/*.yaml", () => {
+describe("examples/*.yaml and examples/kernel/*.yaml", () => {
   it("finds the example scenarios", () => {
     expect(files.length).toBeGreaterThanOrEqual(7);
   });

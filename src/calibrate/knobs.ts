@@ -34,6 +34,8 @@ export interface KnobEnv {
   uid?: number;
   /** Install SIGINT/SIGTERM/uncaughtException/exit handlers while knobs are changed (default true). */
   handlers?: boolean;
+  /** The command named in messages (default "vmlab calibrate"). */
+  who?: string;
 }
 
 /** Knob name → value to write, e.g. { enabled: "never", "hugepages-16kB/enabled": "always" }. */
@@ -57,6 +59,7 @@ const resolveEnv = (env: KnobEnv = {}): Required<KnobEnv> => ({
   platform: env.platform ?? process.platform,
   uid: env.uid ?? process.getuid?.() ?? -1,
   handlers: env.handlers ?? true,
+  who: env.who ?? "vmlab calibrate",
 });
 
 /**
@@ -141,12 +144,12 @@ export function checkKnobAccess(names: readonly string[], env: KnobEnv = {}): vo
   const e = resolveEnv(env);
   if (e.platform !== "linux")
     throw new CalibrateRefusal(
-      `vmlab calibrate measures the live Linux kernel, and this is ${e.platform}`,
+      `${e.who} measures the live Linux kernel, and this is ${e.platform}`,
       "run it on the Linux machine to calibrate, or use the shipped default profile",
     );
   if (e.uid !== 0)
     throw new CalibrateRefusal(
-      `vmlab calibrate must run as root to change the THP knobs in ${e.root} (uid is ${e.uid})`,
+      `${e.who} must run as root to change the THP knobs in ${e.root} (uid is ${e.uid})`,
       "run it with sudo, or use the shipped default profile",
     );
   for (const name of names) {
@@ -175,10 +178,17 @@ export interface KnobSnapshot {
   values: Record<string, string>;
 }
 
-/** Reads every knob under root (listKnobs). Throws CalibrateRefusal when one is unreadable. */
+/** Knobs saved and restored besides listKnobs' folio-size ones (`vmlab diff` sets them). */
+export const OTHER_KNOBS = ["use_zero_page"] as const;
+
+/**
+ * Reads every knob under root (listKnobs, and OTHER_KNOBS that exist). Throws CalibrateRefusal
+ * when one is unreadable.
+ */
 export function saveKnobs(root: string = THP_SYSFS_ROOT): KnobSnapshot {
   const values: Record<string, string> = {};
-  for (const name of listKnobs(root)) values[name] = readKnob(root, name);
+  const others = OTHER_KNOBS.filter((n) => existsSync(join(root, n)));
+  for (const name of [...listKnobs(root), ...others]) values[name] = readKnob(root, name);
   return { root, values };
 }
 
@@ -262,20 +272,20 @@ export async function withKnobs<T>(
     if (restored || snap === undefined) return [];
     restored = true;
     const failures = restoreKnobs(snap);
-    for (const f of failures) process.stderr.write(`vmlab calibrate: could not restore THP knob ${f}\n`);
+    for (const f of failures) process.stderr.write(`${e.who}: could not restore THP knob ${f}\n`);
     return failures;
   };
   const onSignal = (signal: NodeJS.Signals): void => {
     restore();
     unlock();
-    process.stderr.write(`vmlab calibrate: ${signal}: THP knobs restored\n`);
+    process.stderr.write(`${e.who}: ${signal}: THP knobs restored\n`);
     process.exit(signal === "SIGINT" ? 130 : 143);
   };
   const onUncaught = (err: unknown): void => {
     restore();
     unlock();
     process.stderr.write(
-      `vmlab calibrate: ${err instanceof Error ? err.message : String(err)} (THP knobs restored)\n`,
+      `${e.who}: ${err instanceof Error ? err.message : String(err)} (THP knobs restored)\n`,
     );
     process.exit(1);
   };

@@ -181,30 +181,38 @@ export function knobSettingsFor(folio: LiveFolio, available: readonly string[]):
 /**
  * Compiles MICROBENCH_SOURCE unless a binary of the same source, compiler and flags is cached.
  * Returns the binary's path. Throws CalibrateRefusal when cc is missing or the compile fails.
- * The cache is private to the user (mode 0700): a root process must not run a binary that
- * someone else could have replaced.
  */
 export function compileMicrobench(
   cacheDir = join(homedir(), ".cache", "vmlab", "calibrate"),
   cc = "cc",
 ): string {
-  const source = readFileSync(MICROBENCH_SOURCE);
+  return compileCached(MICROBENCH_SOURCE, "microbench", cacheDir, cc);
+}
+
+/**
+ * Compiles the C program at `source` into cacheDir/NAME-HASH unless a binary of the same source,
+ * compiler and flags is there already. Returns the binary's path. Throws CalibrateRefusal when
+ * cc is missing or the compile fails. The cache is private to the user (mode 0700): a root
+ * process must not run a binary that someone else could have replaced.
+ */
+export function compileCached(source: string, name: string, cacheDir: string, cc = "cc"): string {
+  const text = readFileSync(source);
   const hash = createHash("sha256")
-    .update(source)
+    .update(text)
     .update(`\0${cc}\0${CC_FLAGS.join(" ")}`)
     .digest("hex");
-  const bin = join(cacheDir, `microbench-${hash.slice(0, 16)}`);
+  const bin = join(cacheDir, `${name}-${hash.slice(0, 16)}`);
   if (existsSync(bin)) return bin;
   mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
   chmodSync(cacheDir, 0o700);
   const tmp = `${bin}.${process.pid}.tmp`;
-  const r = spawnSync(cc, [...CC_FLAGS, "-o", tmp, MICROBENCH_SOURCE], { encoding: "utf8" });
+  const r = spawnSync(cc, [...CC_FLAGS, "-o", tmp, source], { encoding: "utf8" });
   if (r.error !== undefined || r.status !== 0) {
     rmSync(tmp, { force: true });
     const why =
       r.error !== undefined ? (r.error as NodeJS.ErrnoException).code : `exit ${r.status}\n${r.stderr}`;
     throw new CalibrateRefusal(
-      `cannot compile ${MICROBENCH_SOURCE} with ${cc}: ${why}`,
+      `cannot compile ${source} with ${cc}: ${why}`,
       "install gcc (apt-get install -y gcc)",
     );
   }

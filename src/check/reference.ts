@@ -320,8 +320,8 @@ export class RefModel {
   /**
    * MADV_POPULATE_READ/WRITE: the errno it must return and the pages it must populate first.
    * Pages are populated in order until one is unmapped (ENOMEM), lacks the right (PROT_WRITE
-   * for a write, PROT_READ for a read: EFAULT) or lies past a shared object's end (SIGBUS:
-   * EFAULT).
+   * for a write, PROT_READ for a read: EINVAL, as Linux 6.18 answers) or lies past a shared
+   * object's end (SIGBUS: EFAULT).
    */
   populate(pid: number, addr: number, len: number, write: boolean): { errno: number; pages: number } {
     if (addr % PAGE_SIZE !== 0) return { errno: EINVAL, pages: 0 };
@@ -331,7 +331,7 @@ export class RefModel {
     for (let a = addr; a < addr + size; a += PAGE_SIZE, n++) {
       const page = p.pages.get(a / PAGE_SIZE);
       if (page === undefined) return { errno: ENOMEM, pages: n };
-      if (!(page.prot & (write ? PROT_WRITE : PROT_READ))) return { errno: EFAULT, pages: n };
+      if (!(page.prot & (write ? PROT_WRITE : PROT_READ))) return { errno: EINVAL, pages: n };
       if (this.accessFault(page, write) !== null) return { errno: EFAULT, pages: n };
     }
     return { errno: 0, pages: n };

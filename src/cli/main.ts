@@ -16,6 +16,8 @@ import {
 import { CalibrateRefusal, checkKnobAccess } from "../calibrate/knobs.ts";
 import { fuzz } from "../check/fuzz.ts";
 import { loadProfile, ProfileError } from "../cost/profile.ts";
+import { checkLiveKernel, type DiffResult, diffScenario, formatDiff } from "../diff/diff.ts";
+import { HelperError } from "../diff/helper.ts";
 import { loadScenario, ScenarioError } from "../scenario/load.ts";
 import { formatRun, runScenario } from "../scenario/run.ts";
 
@@ -237,6 +239,44 @@ bench
   );
 
 program
+  .command("diff")
+  .description(
+    "run scenarios in vmlab and on the live kernel, and compare the page-level state after every op (root, Linux)",
+  )
+  .argument("<scenario...>", "scenario YAML files (examples/kernel/ has some)")
+  .option("--json", "print the results as JSON")
+  .action(async (files: string[], opts: { json?: boolean }) => {
+    checkLiveKernel();
+    let status = 0;
+    const results: DiffResult[] = [];
+    for (const file of files) {
+      try {
+        const r = await diffScenario(loadScenario(file));
+        results.push(r);
+        if (!opts.json) process.stdout.write(`${formatDiff(r)}\n`);
+        if (r.unknown > 0) status = Math.max(status, 1);
+      } catch (e) {
+        // A bad scenario is reported and the others still run; the status says so at the end.
+        if (e instanceof ScenarioError) process.stderr.write(`${e.format()}\n`);
+        else if (e instanceof CalibrateRefusal || e instanceof HelperError)
+          process.stderr.write(
+            `vmlab diff: ${file}: ${e.message}${e instanceof CalibrateRefusal ? `\n  Hint: ${e.hint}` : ""}\n`,
+          );
+        else throw e;
+        status = 2;
+      }
+    }
+    if (opts.json) process.stdout.write(`${JSON.stringify(results, null, 2)}\n`);
+    if (files.length > 1 && !opts.json) {
+      const same = results.filter((r) => r.unknown === 0).length;
+      process.stdout.write(
+        `diff: ${files.length} scenarios, ${same} match, ${results.length - same} differ, ${files.length - results.length} not run\n`,
+      );
+    }
+    process.exitCode = status;
+  });
+
+program
   .command("calibrate")
   .description(
     "fit a cost profile to the live kernel: time microbenchmarks, count the same work in vmlab (root, Linux)",
@@ -275,7 +315,7 @@ try {
     process.stderr.write(`${e.format()}\n`);
     process.exitCode = 2;
   } else if (e instanceof CalibrateRefusal) {
-    const msg = e.message.startsWith("vmlab calibrate") ? e.message : `vmlab calibrate: ${e.message}`;
+    const msg = e.message.startsWith("vmlab ") ? e.message : `vmlab calibrate: ${e.message}`;
     process.stderr.write(`${msg}\n  Hint: ${e.hint}\n`);
     process.exitCode = 2;
   } else if (e instanceof CommanderError) {

@@ -440,15 +440,17 @@ function madviseColdOrPageout(mm: Mm, start: number, end: number, pageout: boole
  * madvise_populate: faults in every page of [start, end) as a read (POPULATE_READ: the zero page
  * where nothing is mapped) or a write (POPULATE_WRITE: COW broken, pages writable), as GUP does
  * without taking references. Errors: ENOMEM for an unmapped page (the pages before it are
- * populated), EFAULT (EINVAL for VM_PFNMAP/VM_IO, which vmlab has not) when the VMA does not
- * allow the access or a shmem page lies past the end of its object, ENOMEM when memory runs out.
+ * populated), EINVAL when the VMA does not allow the access (__get_user_pages with
+ * FOLL_MADV_POPULATE turns check_vma_flags' failure into -EINVAL; seen on Linux 6.18 with
+ * `vmlab diff`), EFAULT when a shmem page lies past the end of its object (VM_FAULT_SIGBUS),
+ * ENOMEM when memory runs out.
  */
 function madvisePopulate(mm: Mm, start: number, end: number, write: boolean): number {
   for (let addr = start; addr < end; addr += PAGE_SIZE) {
     const vma = mm.vmaLookup(addr);
     if (vma === undefined) return -ENOMEM;
     // check_vma_flags: a write needs VM_WRITE, a read VM_READ.
-    if (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_READ)) return -EFAULT;
+    if (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_READ)) return -EINVAL;
     // FOLL_TOUCH: a write marks the page dirty (follow_page_pte's folio_mark_dirty; the dirty
     // PTE says the same), so a lazyfree page populated for writing is not discarded.
     for (let tries = 0; mmuTranslate(mm, addr, write, write) < 0; tries++) {

@@ -74,6 +74,7 @@ export function parseScenario(text: string, file: string): Scenario {
   if (!parsed.success) throw firstIssue(src, parsed.error.issues);
   const body = parsed.data;
   staticCheck(src, body.processes, body.ops);
+  checkKnownDiffs(src, body);
   const ops: Op[] = body.ops.map((op, i) => ({ ...op, at: src.pos(["ops", i]) }));
   return { ...body, file, ops };
 }
@@ -220,6 +221,36 @@ function bindingOf(op: OpBody): { name: string; kind: NameKind; pages: number } 
     default:
       return null;
   }
+}
+
+/**
+ * Checks the `diff.known` entries: a pid names a process of the scenario (listed, spawned or
+ * forked), an addr's name is bound by some mmap or mremap.
+ */
+function checkKnownDiffs(src: Source, body: Omit<Scenario, "file" | "ops"> & { ops: OpBody[] }): void {
+  const procs = new Set(body.processes);
+  const addrs = new Set<string>();
+  for (const op of body.ops) {
+    if (op.op === "spawn") procs.add(op.pid);
+    if (op.op === "fork") procs.add(op.child);
+    const b = bindingOf(op);
+    if (b?.kind === "address") addrs.add(b.name);
+  }
+  body.diff?.known.forEach((k, i) => {
+    if (k.pid !== undefined && !procs.has(k.pid))
+      throw src.error(
+        ["diff", "known", i, "pid"],
+        `unknown process '${k.pid}'`,
+        `processes of this scenario: ${[...procs].join(", ")}${didYouMean(k.pid, [...procs])}`,
+      );
+    const base = k.addr?.base;
+    if (base != null && !addrs.has(base))
+      throw src.error(
+        ["diff", "known", i, "addr"],
+        `undefined address name '${base}'`,
+        `address names of this scenario: ${[...addrs].join(", ") || "none"}${didYouMean(base, [...addrs])}`,
+      );
+  });
 }
 
 /** The pages [a, a + len) touches. Names are bound to page-aligned addresses, so the offset fixes the alignment. */

@@ -9,7 +9,7 @@ import {
   countsDelta,
   formatNs,
 } from "../cost/profile.ts";
-import { Kernel } from "../mm/kernel.ts";
+import { type AccessResult, Kernel } from "../mm/kernel.ts";
 import type { ThpPolicy } from "../mm/machine.ts";
 import {
   formatPageDump,
@@ -55,7 +55,8 @@ import type {
   SyscallExpect,
 } from "./schema.ts";
 
-const ADVICE_VALUES: Readonly<Record<Advice, number>> = {
+/** The MADV_* value of each scenario advice. */
+export const ADVICE_VALUES: Readonly<Record<Advice, number>> = {
   hugepage: MADV_HUGEPAGE,
   nohugepage: MADV_NOHUGEPAGE,
   normal: MADV_NORMAL,
@@ -97,6 +98,33 @@ export interface RunCosts {
 export interface RunOptions {
   /** Price every op's events with this profile (`vmlab run --costs`). */
   profile?: CostProfile;
+  /** Called after each op with the kernel and the op's concrete values (`vmlab diff` replays them). */
+  onStep?: (step: RunStep) => void;
+}
+
+/**
+ * One op as it ran: the addresses it resolved to and what the kernel returned. Fields are set
+ * where the op has them: `addr` (and mremap's `newAddr`), `ret` (a syscall's return value, a
+ * pin or pipe handle), `access` (read, write), `tags` (pinread, piperead).
+ */
+export interface StepCall {
+  addr?: number;
+  newAddr?: number;
+  ret?: number;
+  access?: AccessResult;
+  tags?: number[];
+}
+
+/** What RunOptions.onStep gets after each op; the maps are the run's, live (do not keep them). */
+export interface RunStep {
+  index: number;
+  op: Op;
+  kernel: Kernel;
+  /** Process names to pids, after the op. */
+  pids: ReadonlyMap<string, number>;
+  /** Address names to addresses, after the op. */
+  addrs: ReadonlyMap<string, number>;
+  call: StepCall;
 }
 
 export interface ProcessReport {
@@ -222,6 +250,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
     const pid = op.op === "spawn" || !("pid" in op) ? -1 : pidOf(op.pid);
     let who = "pid" in op ? op.pid : "";
     const rec: OpRecord = { index, line: op.at.line, text: "", failures: [] };
+    const call: StepCall = {};
     const check = (ok: boolean, msg: string) => {
       if (ok) passed++;
       else {
@@ -291,24 +320,29 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
       case "mmap": {
         const addr = op.addr ? resolve(op.addr) : 0;
         const ret = k.mmap(pid, addr, op.len, op.prot, op.flags);
+        Object.assign(call, { addr, ret });
         bindAddr(op.as, ret);
         rec.text = `mmap(${addr ? hex(addr) : "NULL"}, ${fmtSize(op.len)}, ${protText(op.prot)}, ${mapFlagsText(op.flags)}) = ${sysResult(ret, op.expect)}${op.as && !isErr(ret) ? `  [${op.as}]` : ""}`;
         break;
       }
       case "munmap": {
         const addr = resolve(op.addr);
-        rec.text = `munmap(${hex(addr)}, ${fmtSize(op.len)}) = ${sysResult(k.munmap(pid, addr, op.len), op.expect)}`;
+        const ret = k.munmap(pid, addr, op.len);
+        Object.assign(call, { addr, ret });
+        rec.text = `munmap(${hex(addr)}, ${fmtSize(op.len)}) = ${sysResult(ret, op.expect)}`;
         break;
       }
       case "mprotect": {
         const addr = resolve(op.addr);
         const ret = k.mprotect(pid, addr, op.len, op.prot);
+        Object.assign(call, { addr, ret });
         rec.text = `mprotect(${hex(addr)}, ${fmtSize(op.len)}, ${protText(op.prot)}) = ${sysResult(ret, op.expect)}`;
         break;
       }
       case "madvise": {
         const addr = resolve(op.addr);
         const ret = k.madvise(pid, addr, op.len, ADVICE_VALUES[op.advice]);
+        Object.assign(call, { addr, ret });
         rec.text = `madvise(${hex(addr)}, ${fmtSize(op.len)}, MADV_${op.advice.toUpperCase()}) = ${sysResult(ret, op.expect)}`;
         break;
       }
@@ -316,6 +350,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
         const addr = resolve(op.addr);
         const newAddr = op.newAddr ? resolve(op.newAddr, "newAddr") : 0;
         const ret = k.mremap(pid, addr, op.len, op.newLen, op.flags, newAddr);
+        Object.assign(call, { addr, newAddr, ret });
         bindAddr(op.as, ret);
         const extra = op.newAddr ? `, ${hex(newAddr)}` : "";
         rec.text = `mremap(${hex(addr)}, ${fmtSize(op.len)}, ${fmtSize(op.newLen)}, ${mremapFlagsText(op.flags)}${extra}) = ${sysResult(ret, op.expect)}${op.as && !isErr(ret) ? `  [${op.as}]` : ""}`;
@@ -325,6 +360,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
       case "write": {
         const addr = resolve(op.addr);
         const r = op.op === "read" ? k.read(pid, addr, op.len) : k.write(pid, addr, op.len);
+        Object.assign(call, { addr, access: r });
         const stop = r.signal ?? (r.oom ? "VM_FAULT_OOM" : null);
         const tags = op.op === "read" ? r.tags : Array.from({ length: r.pages }, (_, i) => r.firstTag + i);
         if (op.op === "write" && op.as !== undefined) {
@@ -403,6 +439,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
         break;
       case "fork": {
         const ret = k.fork(pid);
+        call.ret = ret;
         if (isErr(ret)) unbound.set(op.child, { op: "fork", line: op.at.line, ret });
         else pids.set(op.child, ret);
         rec.text = `fork() = ${sysResult(ret, op.expect, (r) => `pid ${r}  [${op.child}]`)}`;
@@ -419,6 +456,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
       case "pin": {
         const addr = resolve(op.addr);
         const ret = k.pin(pid, addr, op.len, { write: op.write, longterm: op.longterm, fast: op.fast });
+        Object.assign(call, { addr, ret });
         if (op.as !== undefined) {
           if (isErr(ret)) unbound.set(op.as, { op: "pin", line: op.at.line, ret });
           else pins.set(op.as, { handle: ret, owner: op.pid });
@@ -438,6 +476,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
         const h = handleOf(pins, "pin", op.pin);
         who = h.owner;
         const tags = k.pinRead(h.handle);
+        call.tags = tags;
         rec.text = `pinread(${op.pin}): ${plural(tags.length, "page")} ${tagsText(tags, labels)}`;
         checkContent(tags, op.expect?.content);
         break;
@@ -445,6 +484,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
       case "vmsplice": {
         const addr = resolve(op.addr);
         const ret = k.vmsplice(pid, addr, op.len);
+        Object.assign(call, { addr, ret });
         if (op.as !== undefined) {
           if (isErr(ret)) unbound.set(op.as, { op: "vmsplice", line: op.at.line, ret });
           else pipes.set(op.as, { handle: ret, owner: op.pid });
@@ -457,6 +497,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
         who = h.owner;
         pipes.delete(op.pipe);
         const tags = k.pipeRead(h.handle);
+        call.tags = tags;
         rec.text = `piperead(${op.pipe}): ${plural(tags.length, "page")} ${tagsText(tags, labels)}`;
         checkContent(tags, op.expect?.content);
         break;
@@ -488,6 +529,7 @@ export function runScenario(sc: Scenario, opts: RunOptions = {}): RunResult {
       rec.modeledNs = costBreakdown(rec.counts, opts.profile).totalNs;
     }
     records.push(rec);
+    opts.onStep?.({ index, op, kernel: k, pids, addrs, call });
   });
 
   const processes = [...pids.entries()].map(([name, pid]) => ({

@@ -911,6 +911,53 @@ const machine = strict(
   "a mapping like { ram: 4GiB }",
 );
 
+/**
+ * What `vmlab diff` compares (src/diff/compare.ts): per process, its VMAs, each op's result and
+ * the counters; per page, the rest.
+ */
+export const DIFF_FIELDS = [
+  "result",
+  "vmas",
+  "RssAnon",
+  "VmPTE",
+  "AnonHugePages",
+  "LazyFree",
+  "present",
+  "content",
+  "shares",
+  "exclusive",
+  "folio",
+  "mapcount",
+] as const;
+export type DiffField = (typeof DIFF_FIELDS)[number];
+
+/** A difference from the live kernel that the scenario declares it cannot match, and why. */
+const knownDiff = strict(
+  {
+    reason: z.string({ error: expected("a reason", "write reason: why vmlab and Linux differ here") }).min(1),
+    pid: processName.optional().describe("only this process (default: every process)"),
+    addr: addr.optional().describe("only pages from here (with len; default: every page)"),
+    len: size.optional().describe("the length of the range that starts at addr"),
+    fields: z
+      .array(z.enum(DIFF_FIELDS, { error: oneOf("diff field", DIFF_FIELDS) }))
+      .min(1)
+      .optional()
+      .describe("only these fields (default: every field)"),
+  },
+  "a mapping like { reason: ..., pid: a, addr: buf, len: 2MiB, fields: [folio] }",
+).refine((k) => (k.addr === undefined) === (k.len === undefined), {
+  error: withHint("addr and len go together", "give both, or neither for every page"),
+});
+
+const diffSection = strict(
+  {
+    known: z
+      .array(knownDiff, { error: expected("a list of known differences", "write known: [{ reason: ... }]") })
+      .default([]),
+  },
+  "a mapping like { known: [...] }",
+).describe("for `vmlab diff`: the differences from the live kernel this scenario declares known");
+
 /** A whole scenario file, as typed (input) and as the runner gets it (output, minus `at` and `file`). */
 export const scenarioSchema = strict(
   {
@@ -925,6 +972,7 @@ export const scenarioSchema = strict(
     ops: z.array(opSchema, {
       error: expected("a list of ops", "write ops: followed by - { op: ... } items"),
     }),
+    diff: diffSection.optional(),
   },
   "a scenario mapping with name, machine, processes and ops",
 );
