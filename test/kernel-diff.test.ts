@@ -2,11 +2,12 @@
 // `vmlab diff` (src/diff/diff.ts, diff/helper.c). Runs only where the machine allows it (Linux,
 // root, pagemap readable, a C compiler); elsewhere each test says why it is skipped.
 
-import { spawnSync } from "node:child_process";
-import { accessSync, constants, readdirSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { accessSync, constants, existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, expect, it } from "vitest";
-import { CalibrateRefusal, saveKnobs } from "../src/calibrate/knobs.ts";
+import { afterAll, describe, expect, it } from "vitest";
+import { CalibrateRefusal, knobLockPath, saveKnobs, THP_SYSFS_ROOT } from "../src/calibrate/knobs.ts";
 import { diffScenario, formatDiff } from "../src/diff/diff.ts";
 import { loadScenario } from "../src/scenario/load.ts";
 
@@ -56,3 +57,78 @@ describe("vmlab diff on the live kernel", () => {
     expect(r.unknown, formatDiff(r)).toBe(0);
   });
 });
+
+/** Runs `vmlab diff ARGS` as a user would. */
+function cli(...args: string[]) {
+  return spawnSync(process.execPath, ["bin/vmlab.js", "diff", ...args], {
+    encoding: "utf8",
+    env: { ...process.env, NO_COLOR: "1" },
+    timeout: 120_000,
+  });
+}
+
+describe("vmlab diff on the command line", () => {
+  const dir = mkdtempSync(join(tmpdir(), "vmlab-diff-cli-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const pinning = join(dir, "pin.yaml");
+  writeFileSync(
+    pinning,
+    "name: p\nmachine: { ram: 1GiB }\nprocesses: [a]\nops:\n  - { op: mmap, pid: a, len: 4KiB, prot: rw, as: buf }\n  - { op: pin, pid: a, addr: buf, len: 4KiB }\n",
+  );
+
+  it("refuses without a stack trace, exit status 2 (off Linux or without root: says so)", () => {
+    const r = cli(pinning);
+    expect(r.status).toBe(2);
+    expect(r.stderr).not.toMatch(/\n\s+at /);
+    if (skip === null)
+      expect(r.stderr).toMatch(/pin\.yaml:6:5: error: op: vmlab diff cannot replay 'pin'\n {2}Hint: /);
+    else expect(r.stderr).toMatch(/vmlab diff .*\n {2}Hint: /);
+  });
+
+  it.skipIf(skip !== null)(`runs the other scenarios when one is bad, and exits 2${why}`, () => {
+    const r = whenCliKnobsFree(() => cli(pinning, join(DIR, "populate-4k.yaml")));
+    expect(r.status).toBe(2);
+    expect(r.stdout).toMatch(
+      /populate-4k\.yaml: populate with 4 KiB pages\n {2}7 checkpoints \(after every op\): match\n/,
+    );
+    expect(r.stdout.trimEnd().split("\n").at(-1)).toBe("diff: 2 scenarios, 1 match, 0 differ, 1 not run");
+  });
+
+  it.skipIf(skip !== null)(`restores the knobs and leaves no process behind on Ctrl-C${why}`, async () => {
+    // Long enough to interrupt: 64 MiB written page by page, dumped after every op.
+    const before = saveKnobs();
+    const target = before.values.enabled === "never" ? "always" : "never";
+    const big = join(dir, "big.yaml");
+    const ops = Array.from({ length: 40 }, () => "  - { op: write, pid: a, addr: buf, len: 64MiB }\n").join(
+      "",
+    );
+    writeFileSync(
+      big,
+      `name: big\nmachine: { ram: 1GiB, thp: { enabled: ${target} } }\nprocesses: [a]\nops:\n  - { op: mmap, pid: a, len: 64MiB, prot: rw, as: buf }\n${ops}`,
+    );
+    while (existsSync(knobLockPath(THP_SYSFS_ROOT))) await new Promise((r) => setTimeout(r, 200));
+    const child = spawn(process.execPath, ["bin/vmlab.js", "diff", big], { stdio: "ignore" });
+    // Wait until the scenario's knobs are in place (the diff is running), then interrupt it.
+    const t0 = Date.now();
+    while (readKnobValue("enabled") !== target && Date.now() - t0 < 60_000)
+      await new Promise((r) => setTimeout(r, 20));
+    expect(readKnobValue("enabled")).toBe(target);
+    child.kill("SIGINT");
+    const code = await new Promise<number | null>((r) => child.on("exit", (c) => r(c)));
+    expect(code).toBe(130);
+    expect(saveKnobs()).toEqual(before);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(spawnSync("pgrep", ["-f", "vmlab/diff/helper-"]).stdout.toString()).toBe("");
+  });
+});
+
+const readKnobValue = (name: string) => saveKnobs().values[name];
+
+/** Runs a CLI diff again while another test process holds the THP knobs. */
+function whenCliKnobsFree(run: () => ReturnType<typeof cli>): ReturnType<typeof cli> {
+  for (let tries = 0; ; tries++) {
+    const r = run();
+    if (!/another process/.test(r.stderr) || tries > 300) return r;
+    spawnSync("sleep", ["1"]);
+  }
+}
