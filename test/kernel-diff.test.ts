@@ -89,7 +89,7 @@ describe("vmlab diff on the command line", () => {
     const r = whenCliKnobsFree(() => cli(pinning, join(DIR, "populate-4k.yaml")));
     expect(r.status).toBe(2);
     expect(r.stdout).toMatch(
-      /populate-4k\.yaml: populate with 4 KiB pages\n {2}7 checkpoints \(after every op\): match\n/,
+      /populate-4k\.yaml: populate with 4 KiB pages\n {2}7 checkpoints \(after every op\), \d+ mapped pages compared: match\n/,
     );
     expect(r.stdout.trimEnd().split("\n").at(-1)).toBe("diff: 2 scenarios, 1 match, 0 differ, 1 not run");
   });

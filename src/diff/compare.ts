@@ -84,9 +84,12 @@ export function compareSnapshots(
 ): {
   processes: Difference[];
   pages: PageDifference[];
+  /** How many virtual pages had something mapped on either side, over all processes. */
+  compared: number;
 } {
   const processes: Difference[] = [];
   const pages: PageDifference[] = [];
+  let compared = 0;
   const shareV = sharing(vmlab);
   const shareK = sharing(kernel);
   const names = [...new Set([...vmlab.keys(), ...kernel.keys()])];
@@ -104,6 +107,7 @@ export function compareSnapshots(
     }
     processes.push(...compareProcess(v, k));
     const addrs = [...new Set([...v.pages.keys(), ...k.pages.keys()])].sort((a, b) => a - b);
+    compared += addrs.length;
     for (const addr of addrs) {
       const pv = v.pages.get(addr);
       const pk = k.pages.get(addr);
@@ -119,7 +123,7 @@ export function compareSnapshots(
       add("mapcount", pv.mapcount, pk.mapcount);
     }
   }
-  return { processes, pages };
+  return { processes, pages, compared };
 }
 
 const folioText = (p: PageState) => (p.order === 0 ? "order 0" : `order ${p.order} page ${p.index}`);

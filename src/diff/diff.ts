@@ -38,6 +38,9 @@ export interface Checkpoint {
   line: number;
   /** The op as vmlab's log shows it. */
   text: string;
+  /** Processes compared, and their virtual pages with something mapped on either side. */
+  processes: number;
+  pages: number;
   differences: Difference[];
 }
 
@@ -465,7 +468,7 @@ async function replay(
       const b = base.get(name);
       if (t && b) p.counters.VmPTE = scenarioVmPTE(t, b);
     }
-    const { processes, pages } = compareSnapshots(rec.snapshot, kernel);
+    const { processes, pages, compared } = compareSnapshots(rec.snapshot, kernel);
     const got = answer === "" ? "" : kernelResult(op, answer);
     if (rec.result !== got && answer !== "")
       processes.unshift({
@@ -487,6 +490,8 @@ async function replay(
       index: rec.step.index,
       line: op.at.line,
       text: texts[rec.step.index],
+      processes: kernel.size,
+      pages: compared,
       differences: [...processes, ...mergeDifferences(pages)],
     });
   }
@@ -524,7 +529,10 @@ export function formatDiff(r: DiffResult, maxCheckpoints = 3): string {
   const differing = r.checkpoints.filter((c) => c.differences.some((d) => d.known === undefined));
   const verdict = r.unknown === 0 ? "match" : `${r.unknown} differences at ${differing.length} checkpoints`;
   out.push(`${r.file}: ${r.name}`);
-  out.push(`  ${r.checkpoints.length} checkpoints (after every op): ${verdict}`);
+  const pages = r.checkpoints.reduce((s, c) => s + c.pages, 0);
+  out.push(
+    `  ${r.checkpoints.length} checkpoints (after every op), ${pages} mapped pages compared: ${verdict}`,
+  );
   for (const c of differing.slice(0, maxCheckpoints)) {
     out.push(`  after op ${c.index + 1} (line ${c.line}): ${c.text}`);
     out.push(formatDifferences(c.differences.filter((d) => d.known === undefined)).replace(/^/gm, "  "));
