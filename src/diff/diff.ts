@@ -527,7 +527,9 @@ function knownMatcher(
 export function formatDiff(r: DiffResult, maxCheckpoints = 3): string {
   const out: string[] = [];
   const differing = r.checkpoints.filter((c) => c.differences.some((d) => d.known === undefined));
-  const verdict = r.unknown === 0 ? "match" : `${r.unknown} differences at ${differing.length} checkpoints`;
+  const n = (k: number, noun: string) => `${k} ${noun}${k === 1 ? "" : "s"}`;
+  const verdict =
+    r.unknown === 0 ? "match" : `${n(r.unknown, "difference")} at ${n(differing.length, "checkpoint")}`;
   out.push(`${r.file}: ${r.name}`);
   const pages = r.checkpoints.reduce((s, c) => s + c.pages, 0);
   out.push(
