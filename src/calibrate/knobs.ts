@@ -178,17 +178,26 @@ export interface KnobSnapshot {
   values: Record<string, string>;
 }
 
-/** Knobs saved and restored besides listKnobs' folio-size ones (`vmlab diff` sets them). */
-export const OTHER_KNOBS = ["use_zero_page"] as const;
+/**
+ * The knobs saved and restored besides listKnobs' anonymous ones, those that exist under root:
+ * the huge zero page and the shmem policies, global and per size (`vmlab diff` sets them).
+ */
+export function otherKnobs(root: string = THP_SYSFS_ROOT): string[] {
+  if (!existsSync(root)) return [];
+  const perSize = readdirSync(root)
+    .filter((d) => /^hugepages-\d+kB$/.test(d))
+    .sort((a, b) => Number.parseInt(a.slice(10), 10) - Number.parseInt(b.slice(10), 10))
+    .map((d) => `${d}/shmem_enabled`);
+  return ["use_zero_page", "shmem_enabled", ...perSize].filter((n) => existsSync(join(root, n)));
+}
 
 /**
- * Reads every knob under root (listKnobs, and OTHER_KNOBS that exist). Throws CalibrateRefusal
- * when one is unreadable.
+ * Reads every knob under root (listKnobs and otherKnobs). Throws CalibrateRefusal when one is
+ * unreadable.
  */
 export function saveKnobs(root: string = THP_SYSFS_ROOT): KnobSnapshot {
   const values: Record<string, string> = {};
-  const others = OTHER_KNOBS.filter((n) => existsSync(join(root, n)));
-  for (const name of [...listKnobs(root), ...others]) values[name] = readKnob(root, name);
+  for (const name of [...listKnobs(root), ...otherKnobs(root)]) values[name] = readKnob(root, name);
   return { root, values };
 }
 

@@ -61,6 +61,8 @@ const ORIGINAL = {
   "hugepages-16kB/enabled": "never",
   "hugepages-64kB/enabled": "never",
   "hugepages-2048kB/enabled": "inherit",
+  // saveKnobs keeps the shmem policies too (vmlab diff sets them).
+  "hugepages-8kB/shmem_enabled": "never",
 };
 
 describe("THP knobs", () => {

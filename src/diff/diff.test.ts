@@ -58,10 +58,12 @@ describe("knobSettings", () => {
   afterAll(() => rmSync(root, { recursive: true, force: true }));
   writeFileSync(join(root, "enabled"), "always [madvise] never\n");
   writeFileSync(join(root, "use_zero_page"), "1\n");
+  writeFileSync(join(root, "shmem_enabled"), "always within_size advise [never] deny force\n");
   for (const kb of [16, 32, 64, 2048]) {
     mkdirSync(join(root, `hugepages-${kb}kB`));
     writeFileSync(join(root, `hugepages-${kb}kB`, "enabled"), "always inherit madvise [never]\n");
   }
+  writeFileSync(join(root, "hugepages-16kB", "shmem_enabled"), "always inherit within_size advise [never]\n");
 
   it("sets the global policy, the huge zero page and every size the kernel has", () => {
     const sc = scenario(", thp: { enabled: always, useZeroPage: false, sizes: { 64kB: always } }", "");
@@ -72,6 +74,8 @@ describe("knobSettings", () => {
       "hugepages-32kB/enabled": "never",
       "hugepages-64kB/enabled": "always",
       "hugepages-2048kB/enabled": "inherit",
+      shmem_enabled: "never",
+      "hugepages-16kB/shmem_enabled": "never",
     });
   });
 

@@ -12,6 +12,7 @@ import {
   type KnobEnv,
   type KnobSettings,
   listKnobs,
+  otherKnobs,
   THP_SYSFS_ROOT,
   withKnobs,
 } from "../calibrate/knobs.ts";
@@ -151,14 +152,17 @@ export function checkLiveKernel(env: KnobEnv = {}): void {
 
 /**
  * The THP knob values the scenario's machine section stands for: the global policy, the huge
- * zero page, and every per-size knob this kernel has (sizes the scenario cannot name: never).
+ * zero page, and every per-size knob this kernel has (sizes the scenario cannot name: never);
+ * every shmem policy never.
  * Throws CalibrateRefusal when the scenario sets a size to something other than never and this
  * kernel has no knob for it.
  */
 export function knobSettings(sc: Scenario, root = THP_SYSFS_ROOT): KnobSettings {
   const settings: KnobSettings = { enabled: sc.machine.thp.enabled };
-  if (existsSync(join(root, "use_zero_page")))
-    settings.use_zero_page = sc.machine.thp.useZeroPage ? "1" : "0";
+  for (const name of otherKnobs(root))
+    if (name === "use_zero_page") settings[name] = sc.machine.thp.useZeroPage ? "1" : "0";
+    // vmlab's shmem (MAP_SHARED|MAP_ANONYMOUS) folios are order 0, as with every shmem knob never.
+    else settings[name] = "never";
   const available = listKnobs(root).filter((n) => n !== "enabled");
   for (const name of available) settings[name] = "never";
   for (const [size, policy] of Object.entries(sc.machine.thp.sizes)) {
