@@ -3,6 +3,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { withKnobLock } from "../../test/knob-lock.ts";
 import { type CostProfile, loadProfile } from "../cost/profile.ts";
 import { CALIBRATE_DEFAULTS, calibrate, checkCalibrateOptions, formatCalibration } from "./calibrate.ts";
 import { CalibrateRefusal, listKnobs, THP_SYSFS_ROOT } from "./knobs.ts";
@@ -100,42 +101,43 @@ function fakeSysfsLikeReal(): string {
 describe("vmlab calibrate on this kernel", () => {
   it.skipIf(skipLive !== null)(
     `measures 2 MiB samples of every folio mode, fits those whose layout was achieved and writes the profile${skipLive ? ` (skipped: ${skipLive})` : ""}`,
-    async () => {
-      const raw = () => listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"));
-      const before = raw();
-      const root = fakeSysfsLikeReal();
-      const outDir = mkdtempSync(join(tmpdir(), "vmlab-calibrate-"));
-      try {
-        const lines: string[] = [];
-        const { profile, file } = await calibrate({
-          name: "tiny",
-          sizesMiB: [2],
-          reps: 1,
-          outDir,
-          env: { root, handlers: false },
-          progress: (l) => lines.push(l),
-        });
-        expect(file).toBe(join(outDir, "tiny.json"));
-        expect(loadProfile(file)).toEqual(profile);
-        expect(lines[0]).toMatch(/^4k 0 MiB: fork /);
-        expect(lines).toHaveLength(1 + CALIBRATE_DEFAULTS.folios.length);
-        const rows = profile.fit?.rows ?? [];
-        for (const folio of CALIBRATE_DEFAULTS.folios)
-          for (const workload of ["fork", "madv_free", "madv_free_split"])
-            expect(rows.some((r) => r.folio === folio && r.workload === workload)).toBe(true);
-        // The real knobs decided the folios: a sample is fitted, or out with its reason.
-        for (const r of rows) {
-          if (r.fitted) expect(r.modeledNs).toBeGreaterThanOrEqual(0);
-          else expect(r.note).toMatch(/^(layout not achieved|not modelled)/);
+    () =>
+      withKnobLock(async () => {
+        const raw = () => listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"));
+        const before = raw();
+        const root = fakeSysfsLikeReal();
+        const outDir = mkdtempSync(join(tmpdir(), "vmlab-calibrate-"));
+        try {
+          const lines: string[] = [];
+          const { profile, file } = await calibrate({
+            name: "tiny",
+            sizesMiB: [2],
+            reps: 1,
+            outDir,
+            env: { root, handlers: false },
+            progress: (l) => lines.push(l),
+          });
+          expect(file).toBe(join(outDir, "tiny.json"));
+          expect(loadProfile(file)).toEqual(profile);
+          expect(lines[0]).toMatch(/^4k 0 MiB: fork /);
+          expect(lines).toHaveLength(1 + CALIBRATE_DEFAULTS.folios.length);
+          const rows = profile.fit?.rows ?? [];
+          for (const folio of CALIBRATE_DEFAULTS.folios)
+            for (const workload of ["fork", "madv_free", "madv_free_split"])
+              expect(rows.some((r) => r.folio === folio && r.workload === workload)).toBe(true);
+          // The real knobs decided the folios: a sample is fitted, or out with its reason.
+          for (const r of rows) {
+            if (r.fitted) expect(r.modeledNs).toBeGreaterThanOrEqual(0);
+            else expect(r.note).toMatch(/^(layout not achieved|not modelled)/);
+          }
+          // Fork's fixed cost (an empty range) has no layout to miss.
+          expect(rows.find((r) => r.sizeMiB === 0)?.fitted).toBe(true);
+          expect(Object.values(profile.ns).some((v) => v > 0)).toBe(true);
+        } finally {
+          rmSync(outDir, { recursive: true, force: true });
+          rmSync(root, { recursive: true, force: true });
         }
-        // Fork's fixed cost (an empty range) has no layout to miss.
-        expect(rows.find((r) => r.sizeMiB === 0)?.fitted).toBe(true);
-        expect(Object.values(profile.ns).some((v) => v > 0)).toBe(true);
-      } finally {
-        rmSync(outDir, { recursive: true, force: true });
-        rmSync(root, { recursive: true, force: true });
-      }
-      expect(raw()).toEqual(before);
-    },
+        expect(raw()).toEqual(before);
+      }),
   );
 });

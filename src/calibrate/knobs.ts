@@ -232,8 +232,13 @@ const pidAlive = (pid: number): boolean => {
   }
 };
 
-/** Takes the machine-wide lock for root; a stale lock (its pid is gone) is taken over. */
-function lockKnobs(root: string): () => void {
+/**
+ * Takes the machine-wide lock for root and returns its release. A stale lock (its pid is gone)
+ * is taken over. A lock this process holds already is re-entered: the release is then a no-op,
+ * and the outer holder's release frees it (a test holds the lock around several withKnobs).
+ * Throws CalibrateRefusal when another live process holds it.
+ */
+export function lockKnobs(root: string): () => void {
   const path = knobLockPath(root);
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
@@ -244,7 +249,8 @@ function lockKnobs(root: string): () => void {
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
       const owner = Number.parseInt(readFileSync(path, "utf8"), 10);
-      if (Number.isFinite(owner) && owner !== process.pid && pidAlive(owner))
+      if (owner === process.pid) return () => {};
+      if (Number.isFinite(owner) && pidAlive(owner))
         throw new CalibrateRefusal(
           `another process (pid ${owner}) is changing the THP knobs in ${root}`,
           `wait for it to finish; if it is gone, remove ${path}`,

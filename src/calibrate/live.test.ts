@@ -12,6 +12,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
+import { withKnobLock } from "../../test/knob-lock.ts";
 import {
   CalibrateRefusal,
   checkKnobAccess,
@@ -365,65 +366,67 @@ const skipLive = liveSkipReason();
 describe("live calibration on this kernel", () => {
   it.skipIf(skipLive !== null)(
     `measures a 16 MiB fork with 4 KiB and PMD folios and puts the knobs back${skipLive ? ` (skipped: ${skipLive})` : ""}`,
-    async () => {
-      const before = saveKnobs().values;
-      const raw = () => listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"));
-      const rawBefore = raw();
-      const cacheDir = mkdtempSync(join(tmpdir(), "vmlab-microbench-"));
-      try {
-        for (const folio of ["4k", "pmd"] as const) {
-          const [r] = await measureLive({ workloads: ["fork"], folio, sizeMiB: 16, reps: 3, cacheDir });
-          expect(r.notes).toEqual([]);
-          expect(r.achieved).toBe(true);
-          expect(r.samples).toHaveLength(3);
-          // Seeds: 16.7 ms/GiB (4 KiB) and 0.46 ms/GiB (PMD); 16 MiB adds fork's fixed cost.
-          expect(r.median.nsPerGiB).toBeGreaterThan(1e4);
-          expect(r.median.nsPerGiB).toBeLessThan(1e10);
-          expect(saveKnobs().values).toEqual(before);
+    () =>
+      withKnobLock(async () => {
+        const before = saveKnobs().values;
+        const raw = () => listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"));
+        const rawBefore = raw();
+        const cacheDir = mkdtempSync(join(tmpdir(), "vmlab-microbench-"));
+        try {
+          for (const folio of ["4k", "pmd"] as const) {
+            const [r] = await measureLive({ workloads: ["fork"], folio, sizeMiB: 16, reps: 3, cacheDir });
+            expect(r.notes).toEqual([]);
+            expect(r.achieved).toBe(true);
+            expect(r.samples).toHaveLength(3);
+            // Seeds: 16.7 ms/GiB (4 KiB) and 0.46 ms/GiB (PMD); 16 MiB adds fork's fixed cost.
+            expect(r.median.nsPerGiB).toBeGreaterThan(1e4);
+            expect(r.median.nsPerGiB).toBeLessThan(1e10);
+            expect(saveKnobs().values).toEqual(before);
+          }
+        } finally {
+          rmSync(cacheDir, { recursive: true, force: true });
         }
-      } finally {
-        rmSync(cacheDir, { recursive: true, force: true });
-      }
-      expect(raw()).toEqual(rawBefore);
-    },
+        expect(raw()).toEqual(rawBefore);
+      }),
   );
 
   it.skipIf(skipLive !== null)(
     `splits every 64 KiB and PMD folio with one MADV_FREE per folio, and none with one over the range${skipLive ? ` (skipped: ${skipLive})` : ""}`,
-    async () => {
-      const rawBefore = listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"));
-      const cacheDir = mkdtempSync(join(tmpdir(), "vmlab-microbench-"));
-      try {
-        for (const folio of ["64k", "pmd"] as const) {
-          const [whole, split] = await measureLive({
-            workloads: ["madv_free", "madv_free_split"],
-            folio,
-            sizeMiB: 16,
-            reps: 1,
-            cacheDir,
-          });
-          expect([whole.notes, split.notes]).toEqual([[], []]);
-          const folios = (16 * 1024) / FOLIO_KIB[folio];
-          const [w] = whole.samples;
-          const [s] = split.samples;
-          expect([w.madviseCalls, s.madviseCalls, s.chunkKiB]).toEqual([1, folios, FOLIO_KIB[folio]]);
-          expect(split.median.nsPerCall).toBeGreaterThan(0);
-          // The split counters are system-wide, so another process splitting the same size only
-          // adds. The kernel may fail a split now and then (a transient reference: split_failed,
-          // about one per GiB measured here), so allow a few.
-          const size = `${FOLIO_KIB[folio]}kB`;
-          const atLeast = folios - Math.max(2, folios / 100);
-          expect(s.mthpSplitDelta?.[size]).toBeGreaterThanOrEqual(atLeast);
-          if (folio === "pmd") {
-            expect(s.splitPageDelta).toBeGreaterThanOrEqual(atLeast);
-            expect(s.timedSplitPmdDelta).toBeGreaterThanOrEqual(atLeast);
+    () =>
+      withKnobLock(async () => {
+        const rawBefore = listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"));
+        const cacheDir = mkdtempSync(join(tmpdir(), "vmlab-microbench-"));
+        try {
+          for (const folio of ["64k", "pmd"] as const) {
+            const [whole, split] = await measureLive({
+              workloads: ["madv_free", "madv_free_split"],
+              folio,
+              sizeMiB: 16,
+              reps: 1,
+              cacheDir,
+            });
+            expect([whole.notes, split.notes]).toEqual([[], []]);
+            const folios = (16 * 1024) / FOLIO_KIB[folio];
+            const [w] = whole.samples;
+            const [s] = split.samples;
+            expect([w.madviseCalls, s.madviseCalls, s.chunkKiB]).toEqual([1, folios, FOLIO_KIB[folio]]);
+            expect(split.median.nsPerCall).toBeGreaterThan(0);
+            // The split counters are system-wide, so another process splitting the same size only
+            // adds. The kernel may fail a split now and then (a transient reference: split_failed,
+            // about one per GiB measured here), so allow a few.
+            const size = `${FOLIO_KIB[folio]}kB`;
+            const atLeast = folios - Math.max(2, folios / 100);
+            expect(s.mthpSplitDelta?.[size]).toBeGreaterThanOrEqual(atLeast);
+            if (folio === "pmd") {
+              expect(s.splitPageDelta).toBeGreaterThanOrEqual(atLeast);
+              expect(s.timedSplitPmdDelta).toBeGreaterThanOrEqual(atLeast);
+            }
+            expect(w.mthpSplitDelta?.[size]).toBeLessThan(folios);
           }
-          expect(w.mthpSplitDelta?.[size]).toBeLessThan(folios);
+        } finally {
+          rmSync(cacheDir, { recursive: true, force: true });
         }
-      } finally {
-        rmSync(cacheDir, { recursive: true, force: true });
-      }
-      expect(listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"))).toEqual(rawBefore);
-    },
+        expect(listKnobs().map((k) => readFileSync(join(THP_SYSFS_ROOT, k), "utf8"))).toEqual(rawBefore);
+      }),
   );
 });
