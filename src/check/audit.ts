@@ -42,7 +42,8 @@
 //               no dirty PTE, holds exactly its slot's content; after the last exit no slot is used
 //   LRU         each list is a well-linked chain of allocated PG_lru folio heads whose flags name
 //               that list, with its page and folio counts; every anon and shmem folio is on one;
-//               a lazyfree anon folio (not swap-backed) is neither dirty nor in the swap cache;
+//               a lazyfree anon folio (not swap-backed) is not in the swap cache (it may be
+//               dirty: GUP's FOLL_TOUCH writes dirty the folio, not the PTE);
 //               nr_anon_partially_mapped per size equals the marked folios on the split queue
 
 import { FOLL_PIN } from "../mm/gup.ts";
@@ -662,8 +663,10 @@ function auditFolio(k: Kernel, head: number, ex: Expect, shmemPages: Set<number>
   if (f & PG_shmem && !shmemPages.has(head)) fail(`shmem folio ${head} is in no page cache`);
   if (f & PG_lru) ex.onLru.add(head);
   else if (f & (PG_anon | PG_shmem)) fail(`folio ${head} is anon or shmem but on no LRU list`);
-  if (f & PG_anon && !(f & PG_swapbacked) && f & (PG_dirty | PG_swapcache))
-    fail(`lazyfree folio ${head} is ${f & PG_dirty ? "dirty" : "in the swap cache"}`);
+  // A lazyfree folio may be dirty: GUP's FOLL_TOUCH marks the folio dirty, and reclaim then
+  // makes it swap-backed again instead of discarding it.
+  if (f & PG_anon && !(f & PG_swapbacked) && f & PG_swapcache)
+    fail(`lazyfree folio ${head} is in the swap cache`);
   if (f & PG_swapcache && k.machine.swap.slotOf.get(head) === undefined)
     fail(`folio ${head} has PG_swapcache but no swap cache slot`);
   const cache = (f & PG_shmem ? 1 : 0) + (f & PG_swapcache ? 1 : 0);

@@ -16,7 +16,7 @@ import { VM_FAULT_OOM, VM_FAULT_SIGBUS } from "./huge-memory.ts";
 import type { Machine } from "./machine.ts";
 import { FAULT_FLAG_UNSHARE, FAULT_FLAG_WRITE, handleMmFault } from "./memory.ts";
 import type { Mm } from "./mm.ts";
-import { mmuTranslate } from "./mmu.ts";
+import { follTouch } from "./mmu.ts";
 import { isPmdLeaf, pmdOffset } from "./pgalloc.ts";
 import { _PAGE_PRESENT, _PAGE_RW, _PAGE_SPECIAL, pmdIndex, pteIndex } from "./pgtable.ts";
 import { GUP_PIN_COUNTING_BIAS } from "./rmap.ts";
@@ -177,8 +177,8 @@ function gupSlow(mm: Mm, addr: number, nr: number, flags: number, pfns: number[]
         fault = FAULT_FLAG_UNSHARE;
         m.stat.inc(EV.gup_unshare);
       } else {
-        // FOLL_TOUCH: a write marks the page dirty (follow_page_pte), here through its entry.
-        if (flags & FOLL_WRITE) mmuTranslate(mm, a, true, true);
+        // FOLL_TOUCH: a write marks the folio dirty (follow_page_pte) or the PMD (touch_pmd).
+        follTouch(mm, a, (flags & FOLL_WRITE) !== 0);
         tryGrabFolio(m, w.pfn, flags);
         m.stat.inc(EV.gup_slow);
         pfns.push(w.pfn);

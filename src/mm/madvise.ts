@@ -43,7 +43,7 @@ import { lruMove } from "./lru.ts";
 import type { Machine } from "./machine.ts";
 import { FAULT_FLAG_WRITE, handleMmFault, unmapPageRange } from "./memory.ts";
 import { MM_SWAPENTS, type Mm } from "./mm.ts";
-import { mmuTranslate } from "./mmu.ts";
+import { follTouch, mmuTranslate } from "./mmu.ts";
 import { forEachPmd, isPmdLeaf } from "./pgalloc.ts";
 import {
   _PAGE_ACCESSED,
@@ -451,14 +451,16 @@ function madvisePopulate(mm: Mm, start: number, end: number, write: boolean): nu
     if (vma === undefined) return -ENOMEM;
     // check_vma_flags: a write needs VM_WRITE, a read VM_READ.
     if (write ? !(vma.flags & VM_WRITE) : !(vma.flags & VM_READ)) return -EINVAL;
-    // FOLL_TOUCH: a write marks the page dirty (follow_page_pte's folio_mark_dirty; the dirty
-    // PTE says the same), so a lazyfree page populated for writing is not discarded.
-    for (let tries = 0; mmuTranslate(mm, addr, write, write) < 0; tries++) {
+    // FOLL_TOUCH (follTouch) once the page is there: a write marks the folio dirty, not the PTE
+    // (follow_page_pte's folio_mark_dirty), so a lazyfree folio populated for writing leaves
+    // LazyFree whole and is not discarded; seen on Linux 6.18 with `vmlab diff`.
+    for (let tries = 0; mmuTranslate(mm, addr, write, false) < 0; tries++) {
       if (tries > 3) throw new Error(`madvisePopulate: fault at ${addr} did not map the page`);
       const r = handleMmFault(mm, vma, addr, write ? FAULT_FLAG_WRITE : 0);
       if (r & VM_FAULT_OOM) return -ENOMEM;
       if (r & VM_FAULT_SIGBUS) return -EFAULT;
     }
+    follTouch(mm, addr, write);
   }
   return 0;
 }
