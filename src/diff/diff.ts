@@ -532,8 +532,13 @@ export function formatDiff(r: DiffResult, maxCheckpoints = 3): string {
   const out: string[] = [];
   const differing = r.checkpoints.filter((c) => c.differences.some((d) => d.known === undefined));
   const n = (k: number, noun: string) => `${k} ${noun}${k === 1 ? "" : "s"}`;
+  const known = r.known.reduce((s, k) => s + k.matched, 0);
   const verdict =
-    r.unknown === 0 ? "match" : `${n(r.unknown, "difference")} at ${n(differing.length, "checkpoint")}`;
+    r.unknown > 0
+      ? `${n(r.unknown, "difference")} at ${n(differing.length, "checkpoint")}`
+      : known > 0
+        ? `match, apart from ${n(known, "known difference")}`
+        : "match";
   out.push(`${r.file}: ${r.name}`);
   const pages = r.checkpoints.reduce((s, c) => s + c.pages, 0);
   out.push(
@@ -548,7 +553,7 @@ export function formatDiff(r: DiffResult, maxCheckpoints = 3): string {
   for (const k of r.known)
     out.push(
       k.matched > 0
-        ? `  known difference (${k.matched} rows): ${k.reason}`
+        ? `  known difference (${n(k.matched, "row")}): ${k.reason}`
         : `  known difference did not occur this time: ${k.reason}`,
     );
   const fb = Object.entries(r.fallbacks);
