@@ -93,6 +93,19 @@ describe("vmlab diff on the command line", () => {
     else expect(r.stderr).toMatch(/vmlab diff .*\n {2}Hint: /);
   });
 
+  it.skipIf(skip !== null)(`refuses a mapping over the helper's own stack, at its line${why}`, () => {
+    const f = join(dir, "stack.yaml");
+    writeFileSync(
+      f,
+      "name: s\nmachine: { ram: 1GiB }\nprocesses: [a]\nops:\n  - { op: mmap, pid: a, addr: 0x7ffffff00000, len: 64KiB, prot: rw, flags: [private, anonymous, fixed_noreplace] }\n",
+    );
+    const r = whenCliKnobsFree(() => cli(f));
+    expect(r.status).toBe(2);
+    expect(r.stderr).toMatch(
+      /stack\.yaml:5:5: error: addr: the range would overlap the live helper's own mapping \[stack\]/,
+    );
+  });
+
   it.skipIf(skip !== null)(`runs the other scenarios when one is bad, and exits 2${why}`, () => {
     const r = whenCliKnobsFree(() => cli(pinning, join(DIR, "populate-4k.yaml")));
     expect(r.status).toBe(2);
