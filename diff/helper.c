@@ -13,7 +13,8 @@
 // mmap_base is the default 0x7ffff7fff000), is empty; the helper checks that and exits 1 if not.
 // The controller then allocates everything it will ever use (static arrays, the heap made once),
 // so it never creates a mapping later, and records its own mappings as the BASELINE ranges
-// ([stack] widened down by 8 MiB; [vsyscall] and anything >= 0x800000000000 ignored).
+// ([stack] widened down by 8 MiB, and RLIMIT_STACK set back to 8 MiB so that it cannot grow past
+// that; [vsyscall] and anything >= 0x800000000000 ignored).
 //
 // Processes. The controller forks one scenario process per `spawn`; `fork` makes the scenario
 // process clone itself with CLONE_PARENT | SIGCHLD (fork semantics: dup_mmap; copy_process sets
@@ -1452,6 +1453,20 @@ int main(int argc, char **argv)
 	if (argc == 1)
 		reexec(argv[0]);
 
+	/*
+	 * The layout is fixed at exec; now bound the stack's growth to the 8 MiB the BASELINE keeps
+	 * for it (acct_stack_growth checks the limit at each fault), so that an access where the
+	 * scenario maps nothing faults as it does in vmlab instead of growing the stack.
+	 */
+	{
+		struct rlimit rl;
+
+		if (getrlimit(RLIMIT_STACK, &rl) < 0)
+			die("getrlimit(RLIMIT_STACK)");
+		rl.rlim_cur = STACK_WIDEN;
+		if (setrlimit(RLIMIT_STACK, &rl) < 0)
+			die("setrlimit(RLIMIT_STACK)");
+	}
 	controller_pid = getpid();
 	slash = strrchr(argv[0], '/');
 	prctl(PR_SET_NAME, slash ? slash + 1 : argv[0]); /* not "exe" in ps */

@@ -21,7 +21,15 @@ import {
 } from "./huge-memory.ts";
 import type { Machine } from "./machine.ts";
 import { MM_ANONPAGES, MM_SHMEMPAGES, MM_SWAPENTS, type Mm } from "./mm.ts";
-import { freePgdRange, isPmdLeaf, pmdAlloc, pmdOffset, pteAlloc, pudAlloc } from "./pgalloc.ts";
+import {
+  freePgdRange,
+  isPmdLeaf,
+  pmdAlloc,
+  pmdOffset,
+  pteAlloc,
+  pteFreeIfEmpty,
+  pudAlloc,
+} from "./pgalloc.ts";
 import {
   _PAGE_ACCESSED,
   _PAGE_DIRTY,
@@ -128,6 +136,7 @@ function handleMmFaultOnce(mm: Mm, vma: Vma, addr: number, flags: number): numbe
 /** handle_pte_fault: the PTE-level part of a fault, with the PTE table allocated if needed. */
 function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: number, flags: number): number {
   const write = (flags & FAULT_FLAG_WRITE) !== 0;
+  const hadTable = !pmd.none(i);
   const pte = pteAlloc(mm, pmd, i);
   if (pte === null) return VM_FAULT_OOM;
   mm.machine.stat.inc(EV.ptl_lock);
@@ -136,7 +145,11 @@ function handlePteFault(mm: Mm, vma: Vma, pmd: PageTable, i: number, addr: numbe
   const lo = pte.lo(j);
   if (lo === 0 && pte.hi(j) === 0) {
     if (vma.isAnonymous()) return doAnonymousPage(mm, vma, pte, addr, write);
-    return doShmemFault(mm, vma, pte, addr, write);
+    const ret = doShmemFault(mm, vma, pte, addr, write);
+    // A failed shmem fault installs no table (__do_fault only preallocates one), unless
+    // fault-around mapped something into it (filemap_map_pmd); seen with `vmlab diff`.
+    if (ret & (VM_FAULT_SIGBUS | VM_FAULT_OOM) && !hadTable) pteFreeIfEmpty(mm, pmd, i);
+    return ret;
   }
   if (!pteMapped(lo)) return doSwapPage(mm, vma, pte, j, addr, flags);
   if (flags & (FAULT_FLAG_WRITE | FAULT_FLAG_UNSHARE) && !(lo & _PAGE_RW))

@@ -168,6 +168,18 @@ function freePmdRange(mm: Mm, pmd: PageTable, addr: number, end: number): void {
   }
 }
 
+/**
+ * Frees the PTE table behind PMD entry i when it maps nothing: the table a fault allocated up
+ * front that Linux would never have installed (a shmem fault that fails only preallocates one,
+ * __do_fault's prealloc_pte). Returns whether it was freed.
+ */
+export function pteFreeIfEmpty(mm: Mm, pmd: PageTable, i: number): boolean {
+  const t = pmd.child(i);
+  if (t === undefined || isPmdLeaf(pmd, i) || t.used !== 0 || t.cow !== null) return false;
+  freeTableAt(mm, pmd, i);
+  return true;
+}
+
 /** Clears entry i of parent and frees the table behind it. */
 function freeTableAt(mm: Mm, parent: PageTable, i: number): void {
   const t = parent.child(i);
