@@ -771,6 +771,15 @@ static void do_fork(int child_slot)
 	reply("ok %ld", r);
 }
 
+/* The answer to a call that returns 0 or -1 with errno: `ok 0` or `err <errno>`. */
+static void reply_rc(int rc)
+{
+	if (rc < 0)
+		reply("err %d", errno);
+	else
+		reply("ok 0");
+}
+
 static void __attribute__((noreturn)) scenario_main(int slot)
 {
 	struct sigaction sa;
@@ -826,22 +835,13 @@ static void __attribute__((noreturn)) scenario_main(int slot)
 				reply("ok %llx", (unsigned long long)(uintptr_t)r);
 			break;
 		case OP_MUNMAP:
-			if (munmap((void *)(uintptr_t)c.a[0], c.a[1]) < 0)
-				reply("err %d", errno);
-			else
-				reply("ok 0");
+			reply_rc(munmap((void *)(uintptr_t)c.a[0], c.a[1]));
 			break;
 		case OP_MPROTECT:
-			if (mprotect((void *)(uintptr_t)c.a[0], c.a[1], (int)c.a[2]) < 0)
-				reply("err %d", errno);
-			else
-				reply("ok 0");
+			reply_rc(mprotect((void *)(uintptr_t)c.a[0], c.a[1], (int)c.a[2]));
 			break;
 		case OP_MADVISE:
-			if (madvise((void *)(uintptr_t)c.a[0], c.a[1], (int)c.a[2]) < 0)
-				reply("err %d", errno);
-			else
-				reply("ok 0");
+			reply_rc(madvise((void *)(uintptr_t)c.a[0], c.a[1], (int)c.a[2]));
 			break;
 		case OP_MREMAP:
 			r = mremap((void *)(uintptr_t)c.a[0], c.a[1], c.a[2], (int)c.a[3], (void *)(uintptr_t)c.a[4]);

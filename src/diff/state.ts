@@ -205,7 +205,7 @@ export function parseKernelDump(name: string, lines: readonly string[]): KernelD
         const pm = BigInt(`0x${f[1]}`);
         const bit = (b: bigint) => ((pm >> b) & 1n) === 1n;
         if (bit(PM_SWAP)) {
-          state.pages.set(addr, { ...ABSENT, mapped: "swap" });
+          state.pages.set(addr, { ...NO_PAGE_FIELDS, mapped: "swap" });
           continue;
         }
         if (!bit(PM_PRESENT)) continue;
@@ -213,7 +213,7 @@ export function parseKernelDump(name: string, lines: readonly string[]): KernelD
         const flags = BigInt(`0x${f[2]}`);
         const flag = (b: number) => ((flags >> BigInt(b)) & 1n) === 1n;
         if (flag(KPF_ZERO_PAGE)) {
-          state.pages.set(addr, { ...ABSENT, mapped: flag(KPF_THP) ? "huge zero" : "zero" });
+          state.pages.set(addr, { ...NO_PAGE_FIELDS, mapped: flag(KPF_THP) ? "huge zero" : "zero" });
           continue;
         }
         state.pages.set(addr, {
@@ -238,7 +238,8 @@ export function parseKernelDump(name: string, lines: readonly string[]): KernelD
   return { state, base };
 }
 
-const ABSENT: PageState = {
+/** The fields of a mapping that is not a page of memory (swap, the zero pages); `mapped` is set by each use. */
+const NO_PAGE_FIELDS: PageState = {
   mapped: "page",
   tag: 0,
   frame: -1,
